@@ -1,0 +1,116 @@
+//! Memory-management syscalls (mmap(2), munmap(2), mprotect(2),
+//! madvise(2)) and a reader for `/proc/self/maps` (proc_pid_maps(5)).
+
+use std::io;
+
+use super::cvt;
+
+/// `mmap(NULL, len, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE)`:
+/// reserves address space that faults on any access. `MAP_NORESERVE` so a
+/// large sparse reservation is not refused by overcommit accounting when
+/// parts of it are later made writable.
+pub fn reserve(len: usize) -> io::Result<usize> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    // SAFETY: a fresh anonymous mapping at an address the kernel picks
+    // cannot overlap or alias any existing Rust object.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_NONE, flags, -1, 0) };
+    if p == libc::MAP_FAILED { Err(io::Error::last_os_error()) } else { Ok(p as usize) }
+}
+
+/// `munmap(addr, len)`.
+///
+/// # Safety
+/// Nothing may still reference memory in the range.
+pub unsafe fn unmap(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: the caller guarantees the range is no longer referenced.
+    cvt(unsafe { libc::munmap(addr as *mut libc::c_void, len) }.into()).map(drop)
+}
+
+/// `mprotect(addr, len, prot)`.
+///
+/// # Safety
+/// The range must be memory this crate manages (or the caller asked us to
+/// change); removing access from memory Rust code still reads is the
+/// caller's responsibility.
+pub unsafe fn protect(addr: usize, len: usize, prot: i32) -> io::Result<()> {
+    // SAFETY: mprotect only changes page permissions; the caller vouches
+    // for the range.
+    cvt(unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) }.into()).map(drop)
+}
+
+/// `madvise(addr, len, advice)` for advice that never changes contents
+/// (`MADV_NOHUGEPAGE`, `MADV_POPULATE_WRITE`, ...).
+pub fn advise(addr: usize, len: usize, advice: i32) -> io::Result<()> {
+    // SAFETY: the advice values used by this crate do not discard data,
+    // so no Rust-visible memory changes.
+    cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) }.into()).map(drop)
+}
+
+/// One line of `/proc/self/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// Start address.
+    pub start: usize,
+    /// End address (exclusive).
+    pub end: usize,
+    /// `rwxp` / `rw-s` permission string.
+    pub perms: [u8; 4],
+    /// Inode number (0 for anonymous memory).
+    pub inode: u64,
+    /// Path or pseudo-path (`[heap]`, `/memfd:x (deleted)`), may be empty.
+    pub path: String,
+}
+
+impl Mapping {
+    /// Readable and writable.
+    pub fn is_rw(&self) -> bool {
+        self.perms[0] == b'r' && self.perms[1] == b'w'
+    }
+
+    /// Anonymous memory, private or shared (shmem: `/dev/zero`, memfd,
+    /// SysV shm), as opposed to a regular file.
+    pub fn is_anonymous(&self) -> bool {
+        self.inode == 0
+            || self.path.starts_with("/memfd:")
+            || self.path.starts_with("/dev/zero")
+            || self.path.starts_with("/SYSV")
+    }
+}
+
+/// The mappings that overlap `[start, end)`, in address order.
+pub fn mappings_in(start: usize, end: usize) -> io::Result<Vec<Mapping>> {
+    let text = std::fs::read_to_string("/proc/self/maps")?;
+    Ok(text.lines().filter_map(parse_maps_line).filter(|m| m.start < end && start < m.end).collect())
+}
+
+fn parse_maps_line(line: &str) -> Option<Mapping> {
+    let mut fields = line.splitn(6, ' ');
+    let (lo, hi) = fields.next()?.split_once('-')?;
+    let perms: [u8; 4] = fields.next()?.as_bytes().try_into().ok()?;
+    let _offset = fields.next()?;
+    let _dev = fields.next()?;
+    let inode = fields.next()?.parse().ok()?;
+    let path = fields.next().unwrap_or("").trim_start().to_owned();
+    Some(Mapping {
+        start: usize::from_str_radix(lo, 16).ok()?,
+        end: usize::from_str_radix(hi, 16).ok()?,
+        perms,
+        inode,
+        path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let m = parse_maps_line("7f00-7f10 rw-p 00000000 00:00 0 ").unwrap();
+        assert_eq!((m.start, m.end, m.inode, m.is_rw(), m.is_anonymous()), (0x7f00, 0x7f10, 0, true, true));
+        let f = parse_maps_line("5000-6000 r--p 00001000 08:01 1234   /usr/bin/cat").unwrap();
+        assert_eq!((f.is_rw(), f.is_anonymous(), f.path.as_str()), (false, false, "/usr/bin/cat"));
+        let s = parse_maps_line("1000-2000 rw-s 00000000 00:01 77 /memfd:x (deleted)").unwrap();
+        assert!(s.is_anonymous());
+    }
+}
