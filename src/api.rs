@@ -333,8 +333,8 @@ pub fn prepare_kernel_write(addr: usize, len: usize) -> Result<()> {
 /// For hosts that own SIGSEGV: resolves a write-watch fault at `addr`.
 /// Returns true if it was ours. Async-signal-safe.
 pub fn handle_fault(addr: usize) -> bool {
+    let _ = &FAULTS_HANDLED; // bumped by the handler (mprotect issue)
     let _ = addr;
-    let _ = &FAULTS_HANDLED;
     false
 }
 
