@@ -1,0 +1,116 @@
+//! Shared helpers for the integration tests.
+//!
+//! Every test binary runs with the backend named by `WW_BACKEND` (the
+//! library reads it on first use; `make test` runs the suite once per
+//! backend). A test begins with `require_backend!()`: if that backend is not
+//! available here it prints `SKIP <test>: <reason>` and returns — unless
+//! `WW_REQUIRE_BACKENDS` names the backend, in which case it fails.
+
+#![allow(dead_code)]
+
+use writewatch::{BackendKind, page_size};
+
+/// The backend this process tests, or `None` (after printing SKIP) if it is
+/// unavailable and not required.
+pub fn backend(test: &str) -> Option<BackendKind> {
+    let wanted = std::env::var("WW_BACKEND").unwrap_or_default();
+    let kind = if wanted.is_empty() {
+        writewatch::active_backend()
+    } else {
+        BackendKind::from_name(&wanted).unwrap_or_else(|| panic!("bad WW_BACKEND={wanted}"))
+    };
+    let kind = if kind == BackendKind::Auto {
+        writewatch::active_backend()
+    } else {
+        kind
+    };
+    match writewatch::probe_backend(kind) {
+        Ok(()) => Some(kind),
+        Err(why) => {
+            let required = std::env::var("WW_REQUIRE_BACKENDS").unwrap_or_default();
+            if required.split(',').any(|b| b.trim() == kind.name()) {
+                panic!(
+                    "{test}: backend {} required but unavailable: {why}",
+                    kind.name()
+                );
+            }
+            println!("SKIP {test}: backend {} unavailable: {why}", kind.name());
+            None
+        }
+    }
+}
+
+/// Returns early from the test (printing SKIP) if its backend is unavailable.
+#[macro_export]
+macro_rules! require_backend {
+    () => {{
+        fn f() {}
+        let name = std::any::type_name_of_val(&f).trim_end_matches("::f");
+        match common::backend(name) {
+            Some(k) => k,
+            None => return,
+        }
+    }};
+}
+
+/// Page size.
+pub fn ps() -> usize {
+    page_size()
+}
+
+/// Writes one byte at `addr` (volatile, so the compiler keeps it).
+pub fn poke(addr: usize, v: u8) {
+    // SAFETY: tests only poke memory they allocated read-write.
+    unsafe { std::ptr::write_volatile(addr as *mut u8, v) }
+}
+
+/// Reads one byte at `addr`.
+pub fn peek(addr: usize) -> u8 {
+    // SAFETY: tests only peek memory they allocated and can read.
+    unsafe { std::ptr::read_volatile(addr as *const u8) }
+}
+
+/// Written page indices of `[base, base+len)` relative to `base`.
+pub fn written(base: usize, len: usize, reset: bool) -> Vec<usize> {
+    let mut out = vec![0usize; len / ps() + 1];
+    let n = writewatch::get_write_watch(reset, base, len, &mut out).expect("get_write_watch");
+    out[..n].iter().map(|a| (a - base) / ps()).collect()
+}
+
+/// A plain anonymous read-write mapping, unmapped on drop.
+pub struct Mmap {
+    pub base: usize,
+    pub len: usize,
+}
+
+impl Mmap {
+    pub fn new(len: usize, flags: i32) -> Mmap {
+        // SAFETY: a fresh anonymous mapping.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        Mmap {
+            base: p as usize,
+            len,
+        }
+    }
+
+    pub fn private(len: usize) -> Mmap {
+        Mmap::new(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; nothing borrows it.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
