@@ -380,8 +380,8 @@ fn watch_rejects_file_mappings_and_holes() {
         )
     };
     assert_ne!(p, libc::MAP_FAILED);
-    // SAFETY: rejected before anything changes.
     assert_eq!(
+        // SAFETY: rejected before anything changes.
         unsafe { writewatch::watch(p as usize, ps()) },
         Err(Error::INVAL)
     );
@@ -390,8 +390,8 @@ fn watch_rejects_file_mappings_and_holes() {
     let m = Mmap::private(3 * ps());
     // SAFETY: punch a hole in our own mapping.
     unsafe { libc::munmap((m.base + ps()) as *mut libc::c_void, ps()) };
-    // SAFETY: rejected before anything changes.
     assert_eq!(
+        // SAFETY: rejected before anything changes.
         unsafe { writewatch::watch(m.base, 3 * ps()) },
         Err(Error::INVAL)
     );
@@ -481,8 +481,8 @@ fn prepare_kernel_write_then_read_syscall() {
     // SAFETY: `fds` has room for two descriptors.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     let msg = b"hello, kernel write";
-    // SAFETY: writing our buffer to our pipe.
     assert_eq!(
+        // SAFETY: writing our buffer to our pipe.
         unsafe { libc::write(fds[1], msg.as_ptr().cast(), msg.len()) },
         msg.len() as isize
     );
@@ -496,8 +496,8 @@ fn prepare_kernel_write_then_read_syscall() {
         "read(2) into watched memory: {}",
         std::io::Error::last_os_error()
     );
-    // SAFETY: just filled by read(2).
     assert_eq!(
+        // SAFETY: just filled by read(2).
         unsafe { std::slice::from_raw_parts(dst as *const u8, msg.len()) },
         msg
     );
@@ -513,7 +513,7 @@ fn prepare_kernel_write_then_read_syscall() {
 #[test]
 fn prepare_kernel_write_ignores_unwatched_memory() {
     require_backend!();
-    let v = vec![0u8; 64];
+    let v = [0u8; 64];
     assert_eq!(
         writewatch::prepare_kernel_write(v.as_ptr() as usize, v.len()),
         Ok(())
