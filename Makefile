@@ -8,7 +8,7 @@ LIBDIR  ?= target/release
 FFI_OUT ?= target/ffi
 
 .DEFAULT_GOAL := all
-.PHONY: all lib demo probe test check fmt-check clippy install uninstall clean bench
+.PHONY: all lib demo probe test check fmt-check clippy exports-check install uninstall clean
 
 all: lib
 
@@ -32,8 +32,13 @@ probe: lib
 test:
 	WW_KERNELS=none WW_HOST_EXPECT=$${WW_HOST_EXPECT:-mprotect} bash scripts/test-kernels.sh
 
-# Formatting, lints, the ABI check and the tests.
-check: fmt-check clippy abi-check test
+# Formatting, lints, the ABI checks and the tests.
+check: fmt-check clippy abi-check exports-check test
+
+# The header's functions are exactly the library's exported symbols
+# (tests/header.rs needs the build tree, so it runs here, not in the VMs).
+exports-check: lib
+	$(CARGO) test --release --test header
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
