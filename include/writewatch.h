@@ -55,7 +55,9 @@ typedef struct ww_stats {
  * ENOTSUP if the backend is unavailable on this kernel.  Without a call,
  * the first use picks $WW_BACKEND (auto|written|soft-dirty|mprotect) or AUTO. */
 int ww_init(ww_backend backend);
-/* The backend in use (chosen now if none was); never WW_BACKEND_AUTO. */
+/* The backend in use; before the first ww_alloc/ww_watch, the one that
+ * would be used (what ww_init or $WW_BACKEND asked for, else the best
+ * available).  Never WW_BACKEND_AUTO. */
 ww_backend ww_active_backend(void);
 /* "auto", "written", "soft-dirty", "mprotect"; NULL for other values. */
 const char *ww_backend_name(ww_backend backend);
