@@ -19,6 +19,8 @@
 //!   host's, SIG_DFL or SIG_IGN before ours; a `raise(SIGSEGV)` with
 //!   SIG_DFL before ours; and a stack overflow still reaches Rust's
 //!   handler (on the alternate stack) and aborts with its message.
+//! - one resolved fault fits in well under 8 KiB of alternate stack
+//!   (measured with a high-water mark).
 
 use std::ffi::c_void;
 use std::process::{Command, ExitCode};
@@ -447,6 +449,40 @@ fn run_case(case: &str) {
                 .spawn(|| recurse(0))
                 .unwrap();
             let _ = t.join();
+        }
+        "handler_fits_a_small_alternate_stack" => {
+            // Hosts often give threads a SIGSTKSZ (8 KiB) or smaller
+            // alternate stack. Measure our high-water mark on one.
+            let m = library_in_use(case);
+            let base = m.as_ptr() as usize;
+            let used = std::thread::spawn(move || {
+                const SIZE: usize = 16 * 1024;
+                let mut stack = vec![0xa5u8; SIZE];
+                let ss = libc::stack_t {
+                    ss_sp: stack.as_mut_ptr().cast(),
+                    ss_flags: 0,
+                    ss_size: SIZE,
+                };
+                // SAFETY: stack_t is plain data; all-zero is valid.
+                let mut old: libc::stack_t = unsafe { std::mem::zeroed() };
+                // SAFETY: `stack` outlives its use as this thread's alternate
+                // stack (restored below before it is freed).
+                assert_eq!(unsafe { libc::sigaltstack(&ss, &mut old) }, 0);
+                poke(base + 6 * page_size(), 1); // one fault, handled on `stack`
+                // SAFETY: restores the thread's previous alternate stack.
+                assert_eq!(unsafe { libc::sigaltstack(&old, std::ptr::null_mut()) }, 0);
+                SIZE - stack.iter().position(|&b| b != 0xa5).unwrap_or(SIZE)
+            })
+            .join()
+            .unwrap();
+            assert_eq!(m.written_pages(.., true).unwrap(), [1, 6]);
+            println!(
+                "alternate stack used by one resolved fault (kernel frame included): {used} bytes"
+            );
+            assert!(
+                used < 8192,
+                "the handler needs {used} bytes of alternate stack"
+            );
         }
         other => panic!("unknown case {other}"),
     }
