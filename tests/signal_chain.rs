@@ -82,6 +82,11 @@ const CASES: &[(&str, Expect)] = &[
         "stack_overflow_still_reaches_rust_handler",
         Expect::SignalWith(libc::SIGABRT, "has overflowed its stack"),
     ),
+    (
+        "raise_with_ignored_action_before_ours_is_ignored",
+        Expect::Pass,
+    ),
+    ("handler_fits_a_small_alternate_stack", Expect::Pass),
 ];
 
 fn main() -> ExitCode {
@@ -441,6 +446,16 @@ fn run_case(case: &str) {
             let _m = library_in_use(case);
             // SAFETY: sends ourselves SIGSEGV (si_code SI_TKILL: not a fault).
             unsafe { libc::raise(libc::SIGSEGV) };
+        }
+        "raise_with_ignored_action_before_ours_is_ignored" => {
+            set_default(libc::SIG_IGN);
+            let mut m = library_in_use(case);
+            // SAFETY: sends ourselves SIGSEGV (not a fault): ignored.
+            unsafe { libc::raise(libc::SIGSEGV) };
+            // Still installed: watched writes keep working.
+            m.as_mut_slice()[5 * ps] = 1;
+            assert_eq!(written(&m), [1, 5]);
+            println!("ok");
         }
         "stack_overflow_still_reaches_rust_handler" => {
             let _m = library_in_use(case);

@@ -407,9 +407,9 @@ pub(crate) fn handle_fault_from_host(addr: usize) -> bool {
 /// as the kernel would have: a handler function runs with the mask it
 /// asked for; for SIG_DFL or SIG_IGN that action is restored and we
 /// return, so the faulting instruction repeats and the default action
-/// kills the process with SIGSEGV (a signal sent with `kill` is re-raised
-/// instead, since it would not repeat). SA_RESETHAND of the previous
-/// action is not emulated.
+/// kills the process with SIGSEGV (a SIGSEGV sent with `kill` does not
+/// repeat: under SIG_DFL it is re-raised, under SIG_IGN dropped, and we
+/// stay installed). SA_RESETHAND of the previous action is not emulated.
 fn forward(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
     // SAFETY: PREVIOUS is null or points to a leaked, never-freed action.
     let prev = unsafe { PREVIOUS.load(Acquire).as_ref() };
@@ -444,15 +444,21 @@ fn restore_and_return(
     info: *mut libc::siginfo_t,
     default: bool,
 ) {
+    // SAFETY: `info` is null or the kernel's siginfo.
+    let from_kernel = unsafe { info.as_ref() }.is_some_and(|si| si.si_code > 0);
+    if !default && !from_kernel {
+        // An ignored signal that someone sent: ignoring it is all the
+        // kernel would have done. Stay installed.
+        return;
+    }
     // SAFETY: a zeroed sigaction is SIG_DFL with no flags and an empty mask.
     let dfl: libc::sigaction = unsafe { std::mem::zeroed() };
     let action = prev.unwrap_or(&dfl);
     // SAFETY: `action` is a valid sigaction; this uninstalls our handler,
-    // deliberately: the process is about to die of this fault.
+    // deliberately: the process is about to die of this signal (a
+    // repeating fault is fatal even under SIG_IGN).
     unsafe { libc::sigaction(sig, action, std::ptr::null_mut()) };
-    // SAFETY: `info` is null or the kernel's siginfo.
-    let from_kernel = unsafe { info.as_ref() }.is_some_and(|si| si.si_code > 0);
-    if default && !from_kernel {
+    if !from_kernel {
         // Pending until our handler returns and unblocks it, then fatal.
         // SAFETY: raise is async-signal-safe.
         unsafe { libc::raise(sig) };
