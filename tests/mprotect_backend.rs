@@ -712,20 +712,29 @@ fn child_fork_body() {
 // ---------------------------------------------------------------------------
 
 /// Writes every second page of `pages` pages at `base` (in ascending order,
-/// or scattered), sampling the map count; returns the peak seen.
-fn write_every_second_page(base: usize, pages: usize, scattered: bool) -> usize {
+/// or scattered), sampling the map count; returns the peak seen, and the
+/// time spent writing (sampling excluded).
+fn write_every_second_page(
+    base: usize,
+    pages: usize,
+    scattered: bool,
+) -> (usize, std::time::Duration) {
     let half = pages / 2;
     let mut peak = map_count();
+    let mut writing = std::time::Duration::ZERO;
+    let mut t = Instant::now();
     for k in 0..half {
-        // A permutation of 0..half when scattered (odd multiplier mod 2^n
-        // would need a power of two; use a prime step instead).
+        // 7919 is prime and does not divide `half`: a permutation.
         let j = if scattered { (k * 7919) % half } else { k };
         poke(base + 2 * j * ps(), 1);
         if k % 8192 == 0 {
+            writing += t.elapsed();
             peak = peak.max(map_count());
+            t = Instant::now();
         }
     }
-    peak.max(map_count())
+    writing += t.elapsed();
+    (peak.max(map_count()), writing)
 }
 
 /// Every even page reported (odd ones may be too: coarse blocks).
@@ -768,15 +777,15 @@ fn child_every_second_page_body() {
     let base = m.as_ptr() as usize;
     let mut out = vec![0usize; pages];
     for (round, scattered) in [(1, false), (2, true)] {
-        let t0 = Instant::now();
-        let peak = write_every_second_page(base, pages, scattered);
-        let t_write = t0.elapsed();
+        let faults = writewatch::stats().faults_handled;
+        let (peak, t_write) = write_every_second_page(base, pages, scattered);
+        let faults = writewatch::stats().faults_handled - faults;
         let (est, budget) = writewatch::backend::mprotect::map_budget();
         let t1 = Instant::now();
         let extra = check_every_second_page(NAME, base, pages, &mut out);
         let t_get = t1.elapsed();
         println!(
-            "round {round} ({}): {} writes in {t_write:?}, get+reset of {pages} pages in {t_get:?}; \
+            "round {round} ({}): {} writes ({faults} faults) in {t_write:?}, get+reset of {pages} pages in {t_get:?}; \
              peak map count {peak} (max {max}), our VMA estimate {est} (budget {budget}); \
              {extra} extra pages reported; map count after reset {}",
             if scattered { "scattered" } else { "ascending" },
@@ -837,9 +846,7 @@ fn child_exhausted_by_others_body() {
     out.iter_mut().step_by(512).for_each(|x| *x = 1);
     let filler = eat_map_entries(3000);
     let before = map_count();
-    let t0 = Instant::now();
-    let peak = write_every_second_page(base, pages, true);
-    let t_write = t0.elapsed();
+    let (peak, t_write) = write_every_second_page(base, pages, true);
     let extra = check_every_second_page(NAME, base, pages, &mut out);
     let (est, budget) = writewatch::backend::mprotect::map_budget();
     let max = max_map_count();
@@ -957,9 +964,7 @@ fn child_lowered_limit_body() {
     let mut limit = String::new();
     std::io::stdin().read_line(&mut limit).unwrap();
     let limit: usize = limit.trim().parse().unwrap();
-    let t0 = Instant::now();
-    let peak = write_every_second_page(base, pages, false);
-    let t_write = t0.elapsed();
+    let (peak, t_write) = write_every_second_page(base, pages, false);
     println!(
         "WRITES DONE: {} writes in {t_write:?} under max_map_count {limit}, peak map count {peak}",
         pages / 2

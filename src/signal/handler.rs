@@ -605,8 +605,10 @@ impl Drop for FlagGuard<'_> {
 // estimate of the VMAs our protections add (exact under the assumption
 // that neighbouring pages of equal protection in a region share a VMA)
 // and a budget (half the free map entries at start-up). A fault whose
-// single-page unprotect would exceed the budget unprotects an aligned
-// block instead (64, 512, 4096, 32768 pages, then the whole region),
+// single-page unprotect would exceed 7/8 of the budget (from then on
+// until resets bring the estimate under half of it), or whose block would
+// exceed all of it, unprotects an aligned block instead (64, 512, 4096,
+// 32768 pages, then the whole region),
 // marking every caller-writable page of it written: coarser, never a
 // lost write, and the block merges its neighbours' VMAs. The same ladder
 // is climbed when mprotect fails with ENOMEM anyway (the rest of the
@@ -617,6 +619,9 @@ impl Drop for FlagGuard<'_> {
 pub(crate) static VMA_ESTIMATE: AtomicIsize = AtomicIsize::new(0);
 /// How many VMAs we allow ourselves (set by the backend at start-up).
 pub(crate) static VMA_BUDGET: AtomicIsize = AtomicIsize::new(16384);
+/// Single-page unprotects that cost map entries are off (see
+/// `open_covering`).
+static COARSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// Set when mprotect failed with ENOMEM: the backend should re-measure.
 pub(crate) static MAP_PRESSURE: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
@@ -758,46 +763,68 @@ impl Tracking {
         });
     }
 
-    /// The protection the kernel has for page `i` if `arm_override`
-    /// (a range and a wish) is applied to it; `-1` outside the region.
-    fn kernel_prot(&self, i: usize, arm_override: Option<(usize, usize, bool)>) -> i32 {
-        if i >= self.pages {
-            return -1;
+    /// Word `w` of the kernel's protection bits (read, write, exec) with
+    /// `arm_override` (a page range and a wish for its A bits) applied.
+    /// The kernel's write bit is the caller's minus A.
+    fn kernel_words(
+        &self,
+        w: usize,
+        arm_override: Option<(usize, usize, bool)>,
+    ) -> (u64, u64, u64) {
+        let load = |bm: &AtomicBitmap| bm.words().get(w).map_or(0, |x| x.load(Acquire));
+        let mut armed = load(&self.armed);
+        if let Some((a, b, arm)) = arm_override {
+            let first = w.saturating_mul(64);
+            let lo = a.max(first);
+            let hi = b.min(first.saturating_add(64));
+            if lo < hi {
+                let (lo, hi) = (
+                    lo.saturating_sub(first) as u32,
+                    hi.saturating_sub(first) as u32,
+                );
+                let m = u64::MAX.wrapping_shr(64u32.saturating_sub(hi)) & u64::MAX.wrapping_shl(lo);
+                armed = if arm { armed | m } else { armed & !m };
+            }
         }
-        let prot = self.caller_prot(i);
-        if prot & PROT_WRITE == 0 {
-            return prot;
-        }
-        let armed = match arm_override {
-            Some((a, b, arm)) if a <= i && i < b => arm,
-            _ => self.is_armed(i),
-        };
-        if armed { prot & !PROT_WRITE } else { prot }
+        (
+            load(&self.may_read),
+            load(&self.may_write) & !armed,
+            load(&self.may_exec),
+        )
     }
 
-    /// Protection changes between neighbours among pages `a-1 ..= b`
-    /// (outside the region counts as different from everything).
+    /// Protection changes between neighbours among pages `a-1 ..= b` as
+    /// the kernel sees them with `arm_override` applied (outside the region
+    /// counts as different from everything). Word at a time: this runs in
+    /// the handler over blocks of up to 32768 pages.
     fn boundaries(&self, a: usize, b: usize, arm_override: Option<(usize, usize, bool)>) -> isize {
-        let mut count: isize = 0;
-        let mut prev = match a.checked_sub(1) {
-            Some(i) => self.kernel_prot(i, arm_override),
-            None => -1,
-        };
-        let last = b.min(self.pages);
-        let mut i = a;
-        while i <= last {
-            let cur = if i < self.pages {
-                self.kernel_prot(i, arm_override)
-            } else {
-                -1
-            };
-            if cur != prev {
-                count = count.saturating_add(1);
-            }
-            prev = cur;
-            i = i.saturating_add(1);
+        let b = b.min(self.pages);
+        let mut count: u32 = 0;
+        if a == 0 {
+            count = count.saturating_add(1); // (outside, page 0)
         }
-        count
+        if b == self.pages {
+            count = count.saturating_add(1); // (last page, outside)
+        }
+        // Pairs (i-1, i) with both pages inside: i in [max(a,1), min(b, pages-1)].
+        let lo = a.max(1);
+        let hi = b.min(self.pages.saturating_sub(1));
+        if lo <= hi {
+            for_words(lo, hi.saturating_add(1), |w, m| {
+                let cur = self.kernel_words(w, arm_override);
+                let prev = match w.checked_sub(1) {
+                    Some(p) => self.kernel_words(p, arm_override),
+                    None => (0, 0, 0),
+                };
+                // Bit i of `shifted(x, p)` is bit i-1 of the page sequence.
+                let shifted = |x: u64, p: u64| x.wrapping_shl(1) | p.wrapping_shr(63);
+                let differ = (cur.0 ^ shifted(cur.0, prev.0))
+                    | (cur.1 ^ shifted(cur.1, prev.1))
+                    | (cur.2 ^ shifted(cur.2, prev.2));
+                count = count.saturating_add((differ & m).count_ones());
+            });
+        }
+        count as isize
     }
 
     /// How many VMAs arming (or un-arming) the caller-writable pages of
@@ -906,10 +933,28 @@ impl Tracking {
                 break; // as large as the region: the final attempt below
             }
             let delta = self.vma_delta(s, e, false);
-            if delta > 0
-                && VMA_ESTIMATE.load(Relaxed).saturating_add(delta) > VMA_BUDGET.load(Relaxed)
-            {
-                continue;
+            if delta > 0 {
+                let estimate = VMA_ESTIMATE.load(Relaxed);
+                let budget = VMA_BUDGET.load(Relaxed);
+                if g == 1 {
+                    // Single pages that cost entries stop at 7/8 of the
+                    // budget and stay stopped (COARSE) until resets bring
+                    // the estimate under half of it. Without that
+                    // hysteresis every entry a block frees goes to a
+                    // single page the next block swallows anyway, and
+                    // writes fault once per page instead of once per block.
+                    if estimate < budget / 2 {
+                        COARSE.store(false, Relaxed);
+                    }
+                    if COARSE.load(Relaxed)
+                        || estimate.saturating_add(delta) > budget.saturating_sub(budget / 8)
+                    {
+                        COARSE.store(true, Relaxed);
+                        continue;
+                    }
+                } else if estimate.saturating_add(delta) > budget {
+                    continue;
+                }
             }
             match self.open(s, e) {
                 Ok(()) => return true,
@@ -961,4 +1006,86 @@ impl Tracking {
 fn note_map_pressure() {
     VMA_BUDGET.fetch_min(VMA_ESTIMATE.load(Relaxed), Relaxed);
     MAP_PRESSURE.store(true, Relaxed);
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+
+    /// The kernel protection of page `i`, page by page (the reference).
+    fn naive_prot(t: &Tracking, i: isize, ovr: Option<(usize, usize, bool)>) -> i32 {
+        if i < 0 || i as usize >= t.pages {
+            return -1;
+        }
+        let i = i as usize;
+        let prot = t.caller_prot(i);
+        let armed = match ovr {
+            Some((a, b, arm)) if a <= i && i < b => arm,
+            _ => t.is_armed(i),
+        };
+        if armed && prot & PROT_WRITE != 0 {
+            prot & !PROT_WRITE
+        } else {
+            prot
+        }
+    }
+
+    fn naive_boundaries(
+        t: &Tracking,
+        a: usize,
+        b: usize,
+        ovr: Option<(usize, usize, bool)>,
+    ) -> isize {
+        let b = b.min(t.pages) as isize;
+        (a as isize..=b)
+            .filter(|&i| naive_prot(t, i - 1, ovr) != naive_prot(t, i, ovr))
+            .count() as isize
+    }
+
+    #[test]
+    fn word_boundaries_match_page_by_page() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for pages in [1usize, 2, 63, 64, 65, 130, 300] {
+            for _ in 0..40 {
+                let t = Tracking::new(0, pages, 4096);
+                for i in 0..pages {
+                    let r = next();
+                    // Mostly runs, sometimes noise: like real regions.
+                    let prot = match r % 7 {
+                        0 => libc::PROT_READ,
+                        1 => libc::PROT_NONE,
+                        2 => libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                        _ => libc::PROT_READ | libc::PROT_WRITE,
+                    };
+                    if r % 3 != 0 {
+                        t.set_caller_prot(i, i + 1, prot);
+                    }
+                    update(
+                        &t.armed,
+                        i,
+                        i + 1,
+                        (r >> 8) % 2 == 0 && t.caller_writable(i),
+                    );
+                }
+                for _ in 0..20 {
+                    let a = (next() as usize) % pages;
+                    let b = a + 1 + (next() as usize) % (pages - a);
+                    for ovr in [None, Some((a, b, true)), Some((a, b, false))] {
+                        assert_eq!(
+                            t.boundaries(a, b, ovr),
+                            naive_boundaries(&t, a, b, ovr),
+                            "pages {pages}, [{a}, {b}), {ovr:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
