@@ -490,7 +490,7 @@ impl Tokens {
 }
 
 const TORTURE_PAGES: usize = 96;
-const SWEEPS: usize = 20_000;
+const SWEEPS: usize = 6_000;
 
 #[test]
 fn torture_writers_vs_get_with_reset_lose_nothing() {
