@@ -96,11 +96,15 @@ int ww_protect(void *base, size_t size, int prot);
 
 /* For hosts that own SIGSEGV: call first from your handler with si_addr.
  * Returns 1 if the fault was a write-watch fault and is resolved (return
- * from your handler), 0 if it is not ours.  Async-signal-safe. */
+ * from your handler), 0 if it is not ours.  Async-signal-safe.  Only the
+ * address is known here, so any fault on a watched page that the caller's
+ * protection lets be written counts as a write; faults on pages made
+ * read-only or inaccessible with ww_protect() are never ours. */
 int ww_handle_fault(void *fault_addr);
 /* Before a syscall writes into watched memory (read(2), recv(2), ...):
  * marks every watched page of the range as written so the kernel's write
- * cannot fail with EFAULT.  Returns 0. */
+ * cannot fail with EFAULT.  Returns 0 (mprotect backend: ENOMEM if even the
+ * whole region could not be made writable, at vm.max_map_count). */
 int ww_prepare_kernel_write(void *addr, size_t len);
 
 /* Copy the counters; EFAULT for NULL. */

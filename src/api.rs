@@ -14,7 +14,7 @@ use crate::backend::{self, Backend, BackendKind, Sink, WrittenRange};
 use crate::error::{Error, Result};
 use crate::page::{PageRange, is_aligned, page_size};
 use crate::registry::{self, Origin, Region};
-use crate::stats::{self, FAULTS_HANDLED, PAGES_REPORTED, REGIONS, RESETS, SCANS, WATCHED_BYTES};
+use crate::stats::{self, PAGES_REPORTED, REGIONS, RESETS, SCANS, WATCHED_BYTES};
 use crate::sys::{getpid, mm};
 
 // ---------------------------------------------------------------------------
@@ -98,6 +98,8 @@ fn commit() -> Result<&'static dyn Backend> {
         return Ok(*b);
     }
     let b = backend::instance(resolve(*req)?)?;
+    // Before any region exists: the fault handler dispatches on this.
+    crate::signal::set_active_kind(b.kind());
     OWNER.store(getpid(), Ordering::Release);
     Ok(*ACTIVE.get_or_init(|| b))
 }
@@ -131,9 +133,12 @@ fn add_region(b: &'static dyn Backend, range: PageRange, origin: Origin) -> Resu
     // Huge pages would make tracking 2 MiB coarse (soft-dirty) or force
     // splits on first write (uffd-wp); keep watched memory at 4 KiB.
     let _ = mm::advise(range.start, range.len(), libc::MADV_NOHUGEPAGE);
-    b.watch(&region, origin != Origin::Watch)?;
-    if let Err(e) = registry::insert(region.clone()) {
-        let _ = b.unwatch(&region);
+    // Registered before the backend arms it: once a page is
+    // write-protected, a write fault on it must find its region (a
+    // thread may be writing to memory passed to `watch` right now).
+    registry::insert(region.clone())?;
+    if let Err(e) = b.watch(&region, origin != Origin::Watch) {
+        registry::remove(&region);
         return Err(e);
     }
     stats::add(&REGIONS, 1);
@@ -141,12 +146,33 @@ fn add_region(b: &'static dyn Backend, range: PageRange, origin: Origin) -> Resu
     Ok(region)
 }
 
-fn drop_region(b: &'static dyn Backend, region: &Region) -> Result<()> {
+/// How [`retire`] ended.
+enum Retired {
+    /// The region was stopped and removed; the backend's `unwatch` result.
+    Done(Result<()>),
+    /// Someone else retired it first.
+    AlreadyDead,
+}
+
+/// Stops tracking `region`, then removes it from the registry. In that
+/// order: while pages are still write-protected, a fault on them must
+/// find the region (mprotect backend). If `unwatch` fails and `force` is
+/// false, the region stays alive and registered.
+fn retire(b: &'static dyn Backend, region: &Arc<Region>, force: bool) -> Retired {
     let mut life = region.life.write();
+    if !*life {
+        return Retired::AlreadyDead;
+    }
+    let unwatched = b.unwatch(region);
+    if unwatched.is_err() && !force {
+        return Retired::Done(unwatched);
+    }
     *life = false;
+    drop(life);
+    registry::remove(region);
     stats::sub(&REGIONS, 1);
     stats::sub(&WATCHED_BYTES, region.range.len() as u64);
-    b.unwatch(region)
+    Retired::Done(unwatched)
 }
 
 /// Maps `size` bytes (rounded up to pages) of zeroed read-write memory,
@@ -187,9 +213,12 @@ pub fn alloc(size: usize) -> Result<usize> {
 /// No live reference may point into the region.
 pub unsafe fn free(base: usize) -> Result<()> {
     let b = active()?;
-    let region = registry::remove_if(base, |r| matches!(r.origin, Origin::Alloc { .. }))
+    let region = registry::find_base(base)
+        .filter(|r| matches!(r.origin, Origin::Alloc { .. }))
         .ok_or(Error::INVAL)?;
-    let unwatched = drop_region(b, &region);
+    let Retired::Done(unwatched) = retire(b, &region, true) else {
+        return Err(Error::INVAL);
+    };
     let Origin::Alloc { guard } = region.origin else {
         unreachable!()
     };
@@ -240,8 +269,13 @@ fn check_watchable(range: PageRange) -> Result<()> {
 /// Stops watching memory passed to [`watch`]; it stays read-write.
 pub fn unwatch(base: usize) -> Result<()> {
     let b = active()?;
-    let region = registry::remove_if(base, |r| r.origin == Origin::Watch).ok_or(Error::INVAL)?;
-    drop_region(b, &region)
+    let region = registry::find_base(base)
+        .filter(|r| r.origin == Origin::Watch)
+        .ok_or(Error::INVAL)?;
+    match retire(b, &region, false) {
+        Retired::Done(unwatched) => unwatched,
+        Retired::AlreadyDead => Err(Error::INVAL),
+    }
 }
 
 /// The region holding all of `[base, base+size)` (rounded out to pages).
@@ -353,9 +387,7 @@ pub fn prepare_kernel_write(addr: usize, len: usize) -> Result<()> {
 /// For hosts that own SIGSEGV: resolves a write-watch fault at `addr`.
 /// Returns true if it was ours. Async-signal-safe.
 pub fn handle_fault(addr: usize) -> bool {
-    let _ = &FAULTS_HANDLED; // bumped by the handler (mprotect issue)
-    let _ = addr;
-    false
+    crate::signal::handle_fault(addr)
 }
 
 /// The counters.

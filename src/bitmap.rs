@@ -17,6 +17,13 @@ impl AtomicBitmap {
         AtomicBitmap { words, bits }
     }
 
+    /// The words, bit `i` being bit `i % 64` of word `i / 64`. For code that
+    /// must be panic-free (the fault handler), which bounds-checks with
+    /// `get` itself.
+    pub(crate) fn words(&self) -> &[AtomicU64] {
+        &self.words
+    }
+
     /// Number of bits.
     pub fn len(&self) -> usize {
         self.bits

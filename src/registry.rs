@@ -10,6 +10,14 @@
 //! exclusively and mark the region dead before unmapping, so an operation
 //! that found the region just before its removal either finishes first or
 //! sees it dead (EINVAL) — it never scans unmapped or reused memory.
+//!
+//! The fault handler cannot take the lock (it may interrupt a thread that
+//! holds it). Every change therefore also publishes an immutable snapshot
+//! of `{start, end, &Region}` that the handler reads without waiting
+//! (`crate::signal::handler::SnapshotCell`). A removal publishes the
+//! snapshot without the region and waits for readers of the old one to
+//! finish before the `Arc<Region>` is handed back, so the handler never
+//! sees a freed region.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -18,6 +26,7 @@ use parking_lot::{RwLock, RwLockReadGuard};
 
 use crate::error::{Error, Result};
 use crate::page::PageRange;
+use crate::signal::handler::{self, Entry, REGION_SNAPSHOT, Snapshot};
 
 /// How a region's memory came to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +108,20 @@ pub fn all() -> Vec<Arc<Region>> {
     REGIONS.read().clone()
 }
 
+/// Publishes `regions` for the fault handler and retires the previous
+/// snapshot. Called with the write lock held (writers are serialized).
+fn publish(regions: &[Arc<Region>]) {
+    let entries = regions
+        .iter()
+        .map(|r| Entry {
+            start: r.range.start,
+            end: r.range.end,
+            region: Arc::as_ptr(r),
+        })
+        .collect();
+    REGION_SNAPSHOT.replace(Box::new(Snapshot { entries }));
+}
+
 /// Inserts `region`; `EBUSY` if it overlaps one already registered.
 pub fn insert(region: Arc<Region>) -> Result<()> {
     let mut regions = REGIONS.write();
@@ -111,7 +134,20 @@ pub fn insert(region: Arc<Region>) -> Result<()> {
         return Err(Error::BUSY);
     }
     regions.insert(i, region);
+    publish(&regions);
     Ok(())
+}
+
+/// Removes entry `i`; returns it once no fault handler can still see it.
+fn remove_at(regions: &mut Vec<Arc<Region>>, i: usize) -> Arc<Region> {
+    let region = regions.remove(i);
+    if region.origin == Origin::Watch {
+        // The caller's memory outlives the region: a write that faulted
+        // just before the unwatch may reach the handler after this.
+        handler::bury(region.range.start, region.range.end);
+    }
+    publish(regions);
+    region
 }
 
 /// Removes the region starting at `base` if `pred` accepts it.
@@ -123,7 +159,19 @@ pub fn remove_if(base: usize, pred: impl FnOnce(&Region) -> bool) -> Option<Arc<
     if !pred(&regions[i]) {
         return None;
     }
-    Some(regions.remove(i))
+    Some(remove_at(&mut regions, i))
+}
+
+/// Removes exactly `region`, if it is still registered.
+pub fn remove(region: &Arc<Region>) -> bool {
+    let mut regions = REGIONS.write();
+    match regions.binary_search_by_key(&region.range.start, |r| r.range.start) {
+        Ok(i) if Arc::ptr_eq(&regions[i], region) => {
+            remove_at(&mut regions, i);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// True if some registered region overlaps `range`.

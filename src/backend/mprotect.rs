@@ -1,14 +1,459 @@
-//! The mprotect backend: not implemented yet (its own issue); reported
-//! unavailable so AUTO skips it and `ww_init` answers ENOTSUP.
+//! The mprotect backend: works on any kernel, with mprotect(2) and a
+//! SIGSEGV handler.
+//!
+//! Every caller-writable page that has not been written since the last
+//! reset is kept read-only ("armed"). The first write to it faults; our
+//! handler (`crate::signal::handler`, installed when this backend is
+//! first used) marks the page written in an atomic bitmap and makes it
+//! writable again, and the write is retried. A get reads the bitmap; a
+//! get-with-reset re-arms exactly the pages it reports. Nothing in this
+//! file runs in signal context except [`on_fault`], a downcast that calls
+//! `Tracking::resolve` in the handler file.
+//!
+//! **No lost write.** A reset write-protects a page *before* clearing its
+//! written bit; the handler sets the bit *before* making the page
+//! writable. Both sequences run under the region's spin flag, with all
+//! signals blocked, because the two orders alone still allow "handler
+//! sets bit; reset protects and clears; handler unprotects", which leaves
+//! a writable page with a clear bit. The full argument is in the handler
+//! file, next to the code it constrains; `tests/mprotect_backend.rs`
+//! races writer threads against get-with-reset and `ww_protect`.
+//!
+//! **Caller protection.** The region keeps the caller's protection per
+//! page (`ww_protect`). Only caller-writable pages are ever armed; a write
+//! fault on a page the caller made read-only is not ours and goes to the
+//! previous handler. Written state survives protection changes.
+//!
+//! **Kernel writes.** The kernel does not take our SIGSEGV for its own
+//! accesses: `read(2)` into an armed page fails with EFAULT. Callers use
+//! `ww_prepare_kernel_write` first, which marks the pages written and
+//! makes them writable (no "touching": a non-atomic read-modify-write of
+//! the page could lose a racing store).
+//!
+//! **Map count.** Arming and disarming single pages splits VMAs; the
+//! kernel stops at `vm.max_map_count`. The handler spends at most a
+//! budget of VMAs (half the free map entries, measured at start-up and
+//! again after any ENOMEM) and beyond it, or on ENOMEM, unprotects larger
+//! aligned blocks and reports all of their pages written. See the handler
+//! file's "Map count" note. A reset that cannot re-arm a page for lack of
+//! map entries leaves it marked written (reported again: never lost).
+//!
+//! **Fork.** The child inherits the protections, the handler and the
+//! bitmaps, so tracking simply continues in both processes; a spin flag
+//! held by a parent thread at the fork is taken over by the child.
+//! (A `parking_lot` lock held by another parent thread at the fork stays
+//! held in the child, as for every backend.)
 
+use std::any::Any;
+use std::ffi::c_int;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use parking_lot::Mutex;
+
+use super::{Backend, BackendKind, Sink};
 use crate::error::{Error, Result};
+use crate::page::{PageRange, page_size};
+use crate::registry::Region;
+use crate::signal::handler::{BlockAll, MAP_PRESSURE, Tracking, VMA_BUDGET, VMA_ESTIMATE};
+use crate::sys::mm;
 
-/// Placeholder: always unavailable.
-pub fn probe() -> std::result::Result<(), String> {
-    Err("not implemented in this build".into())
+const PROT_WRITE: i32 = libc::PROT_WRITE;
+
+/// Reported runs re-armed per flag section (bounds how long a faulting
+/// thread can wait for a resetter).
+const BATCH: usize = 64;
+
+/// The backend (stateless: all state is per region).
+pub struct Mprotect;
+
+static INSTANCE: Mprotect = Mprotect;
+static READY: Mutex<bool> = Mutex::new(false);
+
+/// Per-region state.
+struct State {
+    /// Bits and spin flag, shared with the fault handler.
+    t: Tracking,
+    /// Serializes this region's operations (not the handler).
+    ops: Mutex<()>,
 }
 
-/// Always `ENOTSUP`.
-pub fn instance() -> Result<&'static dyn super::Backend> {
-    Err(Error::NOTSUP)
+/// The process-wide instance. First use installs the SIGSEGV handler and
+/// measures the map-count budget.
+pub fn instance() -> Result<&'static dyn Backend> {
+    let mut ready = READY.lock();
+    if !*ready {
+        super::probe(BackendKind::Mprotect)
+            .as_ref()
+            .map_err(|_| Error::NOTSUP)?;
+        crate::signal::install()?;
+        refresh_budget();
+        *ready = true;
+    }
+    Ok(&INSTANCE)
+}
+
+/// Tries the mechanism on a scratch page: write, write-protect, unprotect.
+/// (The handler is not installed by a probe: only by use.)
+pub fn probe() -> std::result::Result<(), String> {
+    let ps = page_size();
+    let base = mm::reserve(ps).map_err(|e| format!("mmap failed: {e}"))?;
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let result = (|| {
+        // SAFETY: `base` is our own fresh reservation.
+        unsafe { mm::protect(base, ps, rw) }.map_err(|e| format!("mprotect(RW) failed: {e}"))?;
+        // SAFETY: the page is ours and read-write.
+        unsafe { std::ptr::write_volatile(base as *mut u8, 1) };
+        // SAFETY: as above.
+        unsafe { mm::protect(base, ps, libc::PROT_READ) }
+            .map_err(|e| format!("mprotect(READ) failed: {e}"))?;
+        // SAFETY: as above.
+        unsafe { mm::protect(base, ps, rw) }.map_err(|e| format!("mprotect(RW) failed: {e}"))
+    })();
+    // SAFETY: the scratch mapping is ours and nothing references it.
+    let _ = unsafe { mm::unmap(base, ps) };
+    result
+}
+
+/// Signal context: resolves a write fault at `addr` in `r` (called by the
+/// handler's dispatch once it found `r` in the lock-free snapshot).
+/// Async-signal-safe; true if resolved (return and retry the write).
+pub(crate) fn on_fault(r: &Region, addr: usize) -> bool {
+    r.state
+        .downcast_ref::<State>()
+        .is_some_and(|s| s.t.resolve(addr))
+}
+
+/// `(estimate, budget)`: the VMAs our protections add across all regions
+/// (an estimate) and how many we allow ourselves before unprotecting in
+/// coarser blocks. For diagnostics and tests.
+pub fn map_budget() -> (isize, isize) {
+    (VMA_ESTIMATE.load(Relaxed), VMA_BUDGET.load(Relaxed))
+}
+
+/// Budget = what we use now plus half the map entries still free.
+fn refresh_budget() {
+    let max = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<isize>().ok())
+        .unwrap_or(65530);
+    let used = std::fs::read("/proc/self/maps")
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count() as isize)
+        .unwrap_or(max / 2);
+    let ours = VMA_ESTIMATE.load(Relaxed).max(0);
+    VMA_BUDGET.store(ours + (max - used).max(0) / 2, Relaxed);
+}
+
+/// After an ENOMEM anywhere, measure again (normal context, before a reset).
+fn refresh_if_pressed() {
+    if MAP_PRESSURE.swap(false, Relaxed) {
+        refresh_budget();
+    }
+}
+
+fn state(r: &Region) -> Result<&State> {
+    r.state.downcast_ref::<State>().ok_or(Error::IO)
+}
+
+/// Runs `f` holding the region's spin flag, with every signal blocked.
+fn critical<R>(t: &Tracking, f: impl FnOnce(&Tracking) -> R) -> R {
+    let _blocked = BlockAll::new();
+    let _held = t.flag.lock();
+    f(t)
+}
+
+/// Page indices of `range` (inside the region) in `t`.
+fn indices(t: &Tracking, range: PageRange) -> (usize, usize) {
+    let ps = page_size();
+    ((range.start - t.start) / ps, (range.end - t.start) / ps)
+}
+
+/// `rwxp` → PROT_*.
+fn perms_to_prot(perms: &[u8; 4]) -> i32 {
+    let mut p = libc::PROT_NONE;
+    if perms[0] == b'r' {
+        p |= libc::PROT_READ;
+    }
+    if perms[1] == b'w' {
+        p |= PROT_WRITE;
+    }
+    if perms[2] == b'x' {
+        p |= libc::PROT_EXEC;
+    }
+    p
+}
+
+/// Re-arms the reported pages `[s, d)`, then clears their written bits.
+/// The flag must be held. A page that cannot be re-armed keeps its bit
+/// (it will be reported again): never a lost write.
+fn rearm(t: &Tracking, s: usize, d: usize) {
+    let mut i = s;
+    while let Some((a, b, prot)) = t.prot_run(i, d) {
+        let armed = prot & PROT_WRITE == 0
+            || match t.protect_run(a, b, prot, true) {
+                Ok(()) => true,
+                Err(libc::ENOMEM) => {
+                    // Re-arming only the reported part would split a VMA.
+                    // Arm the whole writable run around it instead: both
+                    // ends are VMA boundaries already, so it only merges.
+                    // Its other pages keep their written bits.
+                    MAP_PRESSURE.store(true, Relaxed);
+                    let (ea, eb) = open_run_around(t, a, b, prot);
+                    t.protect_run(ea, eb, prot, true).is_ok()
+                }
+                Err(_) => false,
+            };
+        if armed {
+            // Only now, with the pages read-only: a write from here on
+            // faults and waits for the flag, then sets the bit again.
+            t.written.clear_range(a, b);
+        }
+        i = b;
+    }
+}
+
+/// The maximal run around `[a, b)` of un-armed pages with caller
+/// protection `prot`.
+fn open_run_around(t: &Tracking, a: usize, b: usize, prot: i32) -> (usize, usize) {
+    let same = |i: usize| t.caller_prot(i) == prot && !t.is_armed(i);
+    let mut ea = a;
+    while ea > 0 && same(ea - 1) {
+        ea -= 1;
+    }
+    let mut eb = b;
+    while eb < t.pages && same(eb) {
+        eb += 1;
+    }
+    (ea, eb)
+}
+
+/// Collects reported runs and re-arms them in batches.
+struct Rearm<'a> {
+    t: &'a Tracking,
+    runs: [(usize, usize); BATCH],
+    len: usize,
+}
+
+impl<'a> Rearm<'a> {
+    fn new(t: &'a Tracking) -> Rearm<'a> {
+        Rearm {
+            t,
+            runs: [(0, 0); BATCH],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, s: usize, d: usize) {
+        if self.len == BATCH {
+            self.flush();
+        }
+        self.runs[self.len] = (s, d);
+        self.len += 1;
+    }
+
+    fn flush(&mut self) {
+        let runs = &self.runs[..self.len];
+        if !runs.is_empty() {
+            critical(self.t, |t| runs.iter().for_each(|&(s, d)| rearm(t, s, d)));
+        }
+        self.len = 0;
+    }
+}
+
+/// Sets the caller's protection `prot` on `[a, b)`, armed or not. The
+/// flag must be held.
+fn set_protection(
+    t: &Tracking,
+    a: usize,
+    b: usize,
+    prot: i32,
+    arm: bool,
+) -> std::result::Result<(), c_int> {
+    let before = t.boundaries_now(a, b);
+    let target = if arm { prot & !PROT_WRITE } else { prot };
+    let mut result = t.mprotect_pages(a, b, target);
+    let mut armed = arm;
+    if result == Err(libc::ENOMEM) && arm {
+        // Splitting off a read-only run failed: leave the pages writable
+        // and count them written instead.
+        t.set_caller_prot(a, b, prot);
+        t.set_written(a, b);
+        armed = false;
+        result = t.mprotect_pages(a, b, prot);
+    }
+    if result.is_err() {
+        // mprotect may have changed part of the range: the safe reading
+        // is "written, not armed" (set W while the old protection still
+        // says which pages were writable).
+        t.set_written(a, b);
+        armed = false;
+    }
+    t.set_caller_prot(a, b, prot);
+    t.set_armed_bits(a, b, armed);
+    t.account(t.boundaries_now(a, b) - before);
+    result
+}
+
+impl Backend for Mprotect {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Mprotect
+    }
+
+    fn new_state(&self, range: PageRange) -> Box<dyn Any + Send + Sync> {
+        Box::new(State {
+            t: Tracking::new(range.start, range.pages(), page_size()),
+            ops: Mutex::new(()),
+        })
+    }
+
+    fn watch(&self, r: &Region, fresh: bool) -> Result<()> {
+        let st = state(r)?;
+        let t = &st.t;
+        let _ops = st.ops.lock();
+        // Give every VMA of the region an anon_vma before we split it. A
+        // VMA split off one without an anon_vma gets its own on first
+        // write, and VMAs with different anon_vmas never merge: every page
+        // ever opened would stay a VMA of its own even after re-arming
+        // (measured: 10 written pages, 20 VMAs, still 10 after re-arming
+        // everything; with one page populated first: back to 1).
+        // MADV_POPULATE_WRITE faults one page in as if written, keeping its
+        // contents. Failure (kernels before 5.14) only costs merging.
+        if fresh {
+            let _ = mm::advise(r.range.start, page_size(), libc::MADV_POPULATE_WRITE);
+        } else {
+            // The caller's memory: keep its protection (PROT_EXEC too).
+            for m in mm::mappings_in(r.range.start, r.range.end)? {
+                let s = m.start.max(r.range.start);
+                let e = m.end.min(r.range.end);
+                let (a, b) = indices(t, PageRange::new(s, e));
+                t.set_caller_prot(a, b, perms_to_prot(&m.perms));
+                let _ = mm::advise(s, page_size(), libc::MADV_POPULATE_WRITE);
+            }
+        }
+        let armed = critical(t, |t| {
+            let mut i = 0;
+            while let Some((s, e, prot)) = t.prot_run(i, t.pages) {
+                if prot & PROT_WRITE != 0 {
+                    t.protect_run(s, e, prot, true)?;
+                }
+                i = e;
+            }
+            Ok(())
+        });
+        if let Err(errno) = armed {
+            // Give the caller its memory back as it was.
+            let _ = critical(t, |t| t.open(0, t.pages));
+            return Err(Error::from_errno(errno));
+        }
+        Ok(())
+    }
+
+    fn unwatch(&self, r: &Region) -> Result<()> {
+        let st = state(r)?;
+        let t = &st.t;
+        let _ops = st.ops.lock();
+        // Whole caller-protection runs only: merges VMAs, needs no split.
+        critical(t, |t| t.open(0, t.pages)).map_err(Error::from_errno)?;
+        let ours = t.vmas.swap(0, Relaxed);
+        VMA_ESTIMATE.fetch_sub(ours, Relaxed);
+        Ok(())
+    }
+
+    fn scan(&self, r: &Region, range: PageRange, reset: bool, sink: &mut Sink<'_>) -> Result<()> {
+        let st = state(r)?;
+        let t = &st.t;
+        let _ops = st.ops.lock();
+        if reset {
+            refresh_if_pressed();
+        }
+        let ps = page_size();
+        let (lo, hi) = indices(t, range);
+        let mut rearm = Rearm::new(t);
+        let mut i = lo;
+        while i < hi {
+            let Some(s) = t.written.next_set(i, hi) else {
+                break;
+            };
+            let e = t.written.next_clear(s, hi).unwrap_or(hi);
+            // Report first (this writes the caller's array, which may itself
+            // be watched: no flag may be held here), re-arm afterwards. A
+            // write landing in between is covered by this report.
+            let done = sink.push(t.start + s * ps, t.start + e * ps);
+            let d = (done - t.start) / ps;
+            if reset && d > s {
+                rearm.push(s, d);
+            }
+            if d < e {
+                break; // the output is full
+            }
+            i = e;
+        }
+        rearm.flush();
+        Ok(())
+    }
+
+    fn reset(&self, r: &Region, range: PageRange) -> Result<()> {
+        let st = state(r)?;
+        let t = &st.t;
+        let _ops = st.ops.lock();
+        refresh_if_pressed();
+        let (lo, hi) = indices(t, range);
+        let mut rearm = Rearm::new(t);
+        let mut i = lo;
+        while let Some(s) = t.written.next_set(i, hi) {
+            let e = t.written.next_clear(s, hi).unwrap_or(hi);
+            rearm.push(s, e);
+            i = e;
+        }
+        rearm.flush();
+        Ok(())
+    }
+
+    fn protect(&self, r: &Region, range: PageRange, prot: i32) -> Result<()> {
+        let st = state(r)?;
+        let t = &st.t;
+        let _ops = st.ops.lock();
+        let (lo, hi) = indices(t, range);
+        critical(t, |t| {
+            let mut i = lo;
+            while i < hi {
+                // One mprotect per run with one target: a writable
+                // protection arms the unwritten pages and not the others.
+                let (e, arm) = if prot & PROT_WRITE != 0 {
+                    let written = t.written.get(i);
+                    let e = if written {
+                        t.written.next_clear(i, hi)
+                    } else {
+                        t.written.next_set(i, hi)
+                    };
+                    (e.unwrap_or(hi), !written)
+                } else {
+                    (hi, false)
+                };
+                set_protection(t, i, e, prot, arm)?;
+                i = e;
+            }
+            Ok(())
+        })
+        .map_err(Error::from_errno)
+    }
+
+    fn prepare_kernel_write(&self, r: &Region, range: PageRange) -> Result<()> {
+        let st = state(r)?;
+        let t = &st.t;
+        let _ops = st.ops.lock();
+        let (lo, hi) = indices(t, range);
+        // Marks written, then unprotects, exactly like a fault would, with
+        // the same fallback to larger blocks under map-count pressure.
+        if critical(t, |t| t.open_covering(lo, hi)) {
+            Ok(())
+        } else {
+            Err(Error::NOMEM)
+        }
+    }
+
+    fn after_fork(&self, _regions: &[Arc<Region>]) -> Result<()> {
+        // Protections, handler and bitmaps are inherited: nothing to do.
+        Ok(())
+    }
 }

@@ -12,3 +12,8 @@ pub fn probe() -> std::result::Result<(), String> {
 pub fn instance() -> Result<&'static dyn super::Backend> {
     Err(Error::NOTSUP)
 }
+
+/// Placeholder: the soft-dirty backend claims no faults.
+pub(crate) fn on_fault(_r: &crate::registry::Region, _addr: usize) -> bool {
+    false
+}
