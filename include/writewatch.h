@@ -104,7 +104,12 @@ int ww_handle_fault(void *fault_addr);
 /* Before a syscall writes into watched memory (read(2), recv(2), ...):
  * marks every watched page of the range as written so the kernel's write
  * cannot fail with EFAULT.  Returns 0 (mprotect backend: ENOMEM if even the
- * whole region could not be made writable, at vm.max_map_count). */
+ * whole region could not be made writable, at vm.max_map_count).
+ * On backends that write-protect pages (mprotect; soft-dirty while another
+ * thread resets), a get-with-reset or reset of the same pages on another
+ * thread between this call and the syscall re-protects them: the syscall
+ * then fails with EFAULT having written nothing; call this again and retry
+ * it.  The written backend never needs the retry. */
 int ww_prepare_kernel_write(void *addr, size_t len);
 
 /* Copy the counters; EFAULT for NULL. */

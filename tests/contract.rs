@@ -306,7 +306,9 @@ fn alloc_is_zeroed_rw_and_guarded() {
     };
     assert_eq!(&at(base - ps())[..3], b"---", "guard below");
     assert_eq!(&at(base + 4 * ps())[..3], b"---", "guard above");
-    assert_eq!(&at(base)[..2], b"rw");
+    // Readable; writable from the program's view (page 3 was just written),
+    // though the mprotect backend keeps armed pages read-only in the kernel.
+    assert_eq!(at(base)[0], b'r');
     free(base);
 }
 
