@@ -104,7 +104,9 @@ fn no_lost_write_under_get_with_reset() {
                 // read fails with EFAULT without consuming the data, and the
                 // documented remedy is to prepare again and retry.
                 assert!(
-                    n == -1 && err.raw_os_error() == Some(libc::EFAULT) && kind != BackendKind::Written,
+                    n == -1
+                        && err.raw_os_error() == Some(libc::EFAULT)
+                        && kind != BackendKind::Written,
                     "read(2) into watched memory: {n} {err}"
                 );
                 retries += 1;

@@ -25,6 +25,14 @@ use writewatch::{BackendKind, Protection, WatchedAlloc, page_size};
 
 /// Forces the mprotect backend; false (after printing SKIP) if unavailable.
 fn mprotect_or_skip(test: &str) -> bool {
+    // The suite runs once per backend; these tests belong to the mprotect run.
+    match std::env::var("WW_BACKEND") {
+        Ok(b) if !b.is_empty() && b != "mprotect" => {
+            println!("SKIP {test}: mprotect-specific, this run is for WW_BACKEND={b}");
+            return false;
+        }
+        _ => {}
+    }
     match writewatch::init(BackendKind::Mprotect) {
         Ok(()) => true,
         Err(e) => {
