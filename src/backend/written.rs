@@ -25,7 +25,12 @@
 //!   is armed up front (that would build page tables for the whole range);
 //!   a page is populated unprotected on first touch, so scans ask for
 //!   `PAGE_IS_WRITTEN` among `PAGE_IS_PRESENT | PAGE_IS_SWAPPED` pages and
-//!   cost grows with touched memory, not reserved size.
+//!   cost grows with touched memory, not reserved size. First touch may be
+//!   a *read*: in private anonymous memory that maps the shared zero page,
+//!   also without the uffd-wp bit, so sparse scans skip `PAGE_IS_PFNZERO`
+//!   pages (a write always replaces the zero page first). In shared memory
+//!   (shmem, memfd) a read maps a real page that nothing tells apart from a
+//!   written one, so such regions are always dense, whatever their size.
 //!
 //! Resets use `UFFDIO_WRITEPROTECT` (dense) or a scan with an output
 //! buffer (sparse) — never `PAGEMAP_SCAN` with `vec_len = 0`, which
@@ -109,6 +114,15 @@ impl Written {
         self.uffd.lock().clone()
     }
 
+    /// Categories a scan of `r` must never match (see the module docs).
+    fn exclude(r: &Region) -> u64 {
+        if r.state::<State>().dense {
+            0 // keeps the kernel's fast path (WRITTEN only, nothing inverted)
+        } else {
+            PAGE_IS_PFNZERO as u64
+        }
+    }
+
     fn scan_for(r: &Region, range: PageRange, reset: bool) -> Scan {
         let dense = r.state::<State>().dense;
         let mut flags = PM_SCAN_CHECK_WPASYNC;
@@ -137,7 +151,7 @@ impl Written {
         let mut scan = Self::scan_for(r, range, true);
         while scan.start < scan.end {
             let before = scan.start;
-            scan.run(&mut buf)?;
+            scan.run_excluding(&mut buf, Self::exclude(r))?;
             if scan.start <= before {
                 return Err(Error::IO);
             }
@@ -153,7 +167,7 @@ impl Backend for Written {
 
     fn new_state(&self, range: PageRange) -> Box<dyn Any + Send + Sync> {
         Box::new(State {
-            dense: range.len() <= DENSE_LIMIT,
+            dense: range.len() <= DENSE_LIMIT || !private_anonymous(range),
         })
     }
 
@@ -199,7 +213,7 @@ impl Backend for Written {
                 Limit::Runs(n) => n.min(SCAN_BUF),
             };
             let before = scan.start;
-            let n = scan.run(&mut buf[..vec_len])?;
+            let n = scan.run_excluding(&mut buf[..vec_len], Self::exclude(r))?;
             for reg in &buf[..n] {
                 let (s, e) = (reg.start as usize, reg.end as usize);
                 let done = sink.push(s, e);
@@ -254,6 +268,17 @@ impl Backend for Written {
         }
         *self.uffd.lock() = Arc::new(uffd);
         Ok(())
+    }
+}
+
+/// True if all of `range` is private anonymous memory, where sparse
+/// tracking is exact (see the module docs). Asked only for regions over
+/// [`DENSE_LIMIT`]; if `/proc/self/maps` cannot be read, dense is the safe
+/// answer.
+fn private_anonymous(range: PageRange) -> bool {
+    match mm::mappings_in(range.start, range.end) {
+        Ok(maps) => !maps.is_empty() && maps.iter().all(|m| m.inode == 0 && m.perms[3] == b'p'),
+        Err(_) => false,
     }
 }
 
