@@ -89,3 +89,22 @@ fn model_agrees_with_library() {
     );
     assert!(done > 0, "no case ran");
 }
+
+/// Writes the committed seed corpus of the libFuzzer target
+/// (`fuzz/corpus/api/seed-*`): PRNG bytes, which the target decodes into
+/// the same op sequences this test runs. Touches no library state.
+/// `cargo test --release --test model -- --ignored write_fuzz_corpus`
+#[test]
+#[ignore]
+fn write_fuzz_corpus() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/api");
+    std::fs::create_dir_all(dir).unwrap();
+    for (i, len) in [64usize, 256, 512, 1024, 2048, 4096, 4096, 8192]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rng = model::XorShift::new(0x5757_0000 + i as u64);
+        let bytes: Vec<u8> = (0..len).map(|_| (rng.next_u64() >> 56) as u8).collect();
+        std::fs::write(format!("{dir}/seed-{i}"), bytes).unwrap();
+    }
+}

@@ -1890,25 +1890,34 @@ pub fn run(ops: &[Op]) -> Result<Tally, Failure> {
     })
 }
 
-/// Greedily drops ops while the run still fails, for a shorter report.
-/// Bounded by `budget` runs; `None` if the sequence no longer fails.
+/// Drops ops while the run still fails (chunks first, then single ops,
+/// until nothing more can go), for a shorter report. Bounded by `budget`
+/// runs; `None` if the sequence no longer fails.
 pub fn shrink(ops: &[Op], budget: usize) -> Option<(Vec<Op>, Failure)> {
     let mut best = ops.to_vec();
     let mut fail = run(&best).err()?;
     best.truncate(fail.op_index + 1);
     let mut runs = 0;
-    let mut i = 0;
-    while i < best.len() && runs < budget {
-        let mut cand = best.clone();
-        cand.remove(i);
-        runs += 1;
-        match run(&cand) {
-            Err(f) => {
-                cand.truncate(f.op_index + 1);
-                best = cand;
-                fail = f;
+    let mut chunk = best.len().div_ceil(2);
+    while chunk >= 1 && runs < budget {
+        let mut progress = false;
+        let mut i = 0;
+        while i < best.len() && runs < budget {
+            let mut cand = best.clone();
+            cand.drain(i..(i + chunk).min(best.len()));
+            runs += 1;
+            match run(&cand) {
+                Err(f) => {
+                    cand.truncate(f.op_index + 1);
+                    best = cand;
+                    fail = f;
+                    progress = true;
+                }
+                Ok(_) => i += chunk,
             }
-            Ok(_) => i += 1,
+        }
+        if !progress {
+            chunk /= 2;
         }
     }
     Some((best, fail))
