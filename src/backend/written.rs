@@ -85,25 +85,34 @@ pub fn instance() -> Result<&'static Written> {
     super::probe(BackendKind::Written)
         .as_ref()
         .map_err(|_| Error::NOTSUP)?;
-    let uffd = open_uffd().map_err(|_| Error::NOTSUP)?;
+    // The probe worked, so a failure now is a shortage (EMFILE, ...): say so.
+    let uffd = open_uffd().map_err(|(e, _)| e)?;
     Ok(INSTANCE.get_or_init(|| Written {
         uffd: Mutex::new(Arc::new(uffd)),
     }))
 }
 
-/// A userfaultfd with async write-protect enabled.
-fn open_uffd() -> std::result::Result<Uffd, String> {
+/// A userfaultfd with async write-protect enabled; on failure the errno
+/// and a reason for the probe.
+fn open_uffd() -> std::result::Result<Uffd, (Error, String)> {
     let uffd = Uffd::open().map_err(|e| {
-        format!(
-            "userfaultfd(2) failed: {e} (CONFIG_USERFAULTFD off, or blocked by seccomp/sandbox)"
-        )
+        let why = match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => "out of resources",
+            _ => "CONFIG_USERFAULTFD off, or blocked by seccomp/sandbox",
+        };
+        let reason = format!("userfaultfd(2) failed: {e} ({why})");
+        (Error::from(e), reason)
     })?;
     let granted = uffd.api(FEATURES).map_err(|e| {
-        format!("UFFDIO_API rejected WP_ASYNC|WP_UNPOPULATED: {e} (needs Linux 6.7+)")
+        (
+            Error::NOTSUP,
+            format!("UFFDIO_API rejected WP_ASYNC|WP_UNPOPULATED: {e} (needs Linux 6.7+)"),
+        )
     })?;
     if granted & FEATURES != FEATURES {
-        return Err(format!(
-            "UFFDIO_API granted features {granted:#x} without WP_ASYNC|WP_UNPOPULATED"
+        return Err((
+            Error::NOTSUP,
+            format!("UFFDIO_API granted features {granted:#x} without WP_ASYNC|WP_UNPOPULATED"),
         ));
     }
     Ok(uffd)
@@ -262,7 +271,7 @@ impl Backend for Written {
         // and our VMAs lost their registration in the child (no
         // UFFD_FEATURE_EVENT_FORK). Register them with a fresh one, unarmed:
         // every page then reads as written until the child's first reset.
-        let uffd = open_uffd().map_err(|_| Error::NOTSUP)?;
+        let uffd = open_uffd().map_err(|(e, _)| e)?;
         for r in regions {
             uffd.register_wp(r.range.start, r.range.len())?;
         }
@@ -285,7 +294,7 @@ fn private_anonymous(range: PageRange) -> bool {
 /// Tries the whole mechanism on a scratch mapping: register, arm, scan,
 /// write, scan-and-reset, scan.
 pub fn probe() -> std::result::Result<(), String> {
-    let uffd = open_uffd()?;
+    let uffd = open_uffd().map_err(|(_, why)| why)?;
     let ps = page_size();
     let len = 4 * ps;
     let base = mm::reserve(len).map_err(|e| format!("mmap failed: {e}"))?;
