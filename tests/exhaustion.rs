@@ -414,6 +414,40 @@ fn seccomp_uffd_explicit() {
     assert_eq!(ww_init(1), libc::ENOTSUP);
 }
 
+/// A process that changed uid is not dumpable: its /proc/self files
+/// belong to root and it cannot open /proc/self/pagemap. Written is then
+/// unavailable with that reason, and AUTO picks the next backend.
+fn non_dumpable() {
+    // SAFETY: plain credential syscalls on this process.
+    unsafe {
+        assert_eq!(libc::setresgid(65534, 65534, 65534), 0, "setresgid");
+        assert_eq!(libc::setresuid(65534, 65534, 65534), 0, "setresuid");
+        assert_eq!(libc::prctl(libc::PR_GET_DUMPABLE), 0, "no longer dumpable");
+    }
+    let why = writewatch::probe_backend(writewatch::BackendKind::Written)
+        .expect_err("written must be unavailable");
+    assert!(why.contains("/proc/self/pagemap"), "the reason: {why}");
+    report(format!("non-dumpable: written unavailable: {why}"));
+    assert_eq!(ww_init(1), libc::ENOTSUP, "ww_init(WW_BACKEND_WRITTEN)");
+    assert_eq!(ww_init(0), 0);
+    match alloc(4 * ps()) {
+        Ok(p) => {
+            assert_ne!(ww_active_backend(), 1);
+            poke(p, 1);
+            assert_eq!(get(p, 4, true), Ok(vec![0]));
+            free(p);
+            report(format!(
+                "non-dumpable: AUTO fell back to {}",
+                backend_name()
+            ));
+        }
+        Err(e) => {
+            assert_eq!((e, ww_available_backends()), (libc::ENOTSUP, 0));
+            report("non-dumpable: no other backend in this build: ENOTSUP".into());
+        }
+    }
+}
+
 #[test]
 fn child() {
     let Some(case) = child_case() else { return };
@@ -424,6 +458,7 @@ fn child() {
         "nomem-alloc" => nomem_alloc(),
         "seccomp-uffd" => seccomp_uffd(),
         "seccomp-uffd-explicit" => seccomp_uffd_explicit(),
+        "non-dumpable" => non_dumpable(),
         other => panic!("unknown child case {other}"),
     }
 }
@@ -477,4 +512,14 @@ fn userfaultfd_refused_by_seccomp() {
         "seccomp-uffd-explicit",
         &[("WW_BACKEND", "written")],
     ));
+}
+
+#[test]
+fn non_dumpable_process_after_dropping_privileges() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        println!("SKIP non_dumpable_process_after_dropping_privileges: needs root to change uid");
+        return;
+    }
+    show(&run_child("non-dumpable", &[]));
 }

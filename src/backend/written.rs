@@ -321,6 +321,10 @@ pub fn probe() -> std::result::Result<(), String> {
                 Some(libc::ENOTTY) | Some(libc::EINVAL) => {
                     format!("PAGEMAP_SCAN ioctl unsupported: {e} (needs Linux 6.7+)")
                 }
+                Some(libc::EACCES) => format!(
+                    "cannot open /proc/self/pagemap: {e} (a non-dumpable process, e.g. one \
+                     that changed uid, cannot open its own /proc files)"
+                ),
                 _ => format!("PAGEMAP_SCAN failed: {e}"),
             })?;
             Ok(buf[..n]
