@@ -512,6 +512,9 @@ pub struct Model {
     pipe: [i32; 2],
     base_stats: ww_stats,
     last_stats: ww_stats,
+    /// Bytes the model stored (anything else in an arena reads as 0):
+    /// watching, protecting, resetting and scanning must never change them.
+    bytes: std::collections::BTreeMap<usize, u8>,
     pub tally: Tally,
 }
 
@@ -587,6 +590,7 @@ impl Model {
             pipe,
             base_stats: stats(),
             last_stats: stats(),
+            bytes: Default::default(),
             tally: Tally::default(),
         };
         m.make_foreign()?;
@@ -886,7 +890,7 @@ impl Model {
                 count,
             } => self.pattern(a, page, stride, count),
             Op::Straddle { a, page } => self.straddle(a, page),
-            Op::Read { a, page } => self.read(a, page),
+            Op::Read { a, page } => self.read(a, page)?,
             Op::KernelWrite { at, read } => self.kernel_write(&at, read)?,
             Op::Get {
                 at,
@@ -1016,7 +1020,8 @@ impl Model {
                 ensure!(rc == 0, "ww_free({addr:#x}) = {}, expected 0", ename(rc));
                 self.regions.remove(i);
                 let a = self.arena_at(addr).unwrap();
-                self.arenas.remove(a);
+                let gone = self.arenas.remove(a);
+                self.forget(gone.base, gone.end());
                 self.dead.push(addr);
             }
             None => {
@@ -1100,6 +1105,7 @@ impl Model {
             let p = if kind == Kind::Thp { i } else { (i * 7) % n };
             // SAFETY: a page of our fresh read-write mapping.
             unsafe { std::ptr::write_volatile((base + p * ps) as *mut u8, 0x5a) };
+            self.bytes.insert(base + p * ps, 0x5a);
         }
         self.arenas.push(Arena {
             kind,
@@ -1142,6 +1148,7 @@ impl Model {
             self.dead.push(r.start);
         }
         let arena = self.arenas.remove(i);
+        self.forget(arena.base, arena.end());
         munmap(arena.map, arena.map_len);
         Ok(())
     }
@@ -1249,6 +1256,7 @@ impl Model {
                 let at = addr + off as usize % ps();
                 // SAFETY: a read-write page of a model arena.
                 unsafe { std::ptr::write_volatile(at as *mut u8, off as u8) };
+                self.bytes.insert(at, off as u8);
                 self.wrote(addr);
             }
             _ => self.tally.skipped += 1,
@@ -1271,6 +1279,7 @@ impl Model {
             if self.writable(addr) {
                 // SAFETY: a read-write page of a model arena.
                 unsafe { std::ptr::write_volatile(addr as *mut u8, p as u8) };
+                self.bytes.insert(addr, p as u8);
                 self.wrote(addr);
             }
             p += stride;
@@ -1288,6 +1297,9 @@ impl Model {
                 let at = addr + ps - 2;
                 // SAFETY: four bytes across two read-write pages of one arena.
                 unsafe { std::ptr::write_unaligned(at as *mut u32, 0xa5a5_a5a5) };
+                for i in 0..4 {
+                    self.bytes.insert(at + i, 0xa5);
+                }
                 std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
                 self.wrote(addr);
                 self.wrote(addr + ps);
@@ -1296,13 +1308,34 @@ impl Model {
         }
     }
 
-    fn read(&mut self, a: u8, page: u32) {
+    /// A load, checked against what the model stored there.
+    fn read(&mut self, a: u8, page: u32) -> Check {
         match self.target(a, page) {
             Some((_, addr)) if self.readable(addr) => {
+                // Mostly a byte the model wrote, else anywhere in the page.
+                let at = match self.bytes.range(addr..addr + ps()).nth(page as usize >> 24) {
+                    Some((&at, _)) => at,
+                    None => addr + (page as usize >> 12) % ps(),
+                };
                 // SAFETY: a readable page of a model arena.
-                let _ = unsafe { std::ptr::read_volatile((addr + 8) as *const u8) };
+                let got = unsafe { std::ptr::read_volatile(at as *const u8) };
+                let want = self.bytes.get(&at).copied().unwrap_or(0);
+                ensure!(
+                    got == want,
+                    "memory changed: {} holds {got:#x}, the last store put {want:#x}",
+                    self.describe(&[at])
+                );
             }
             _ => self.tally.skipped += 1,
+        }
+        Ok(())
+    }
+
+    /// Forgets the stored bytes of `[lo, hi)` (memory unmapped).
+    fn forget(&mut self, lo: usize, hi: usize) {
+        let keys: Vec<usize> = self.bytes.range(lo..hi).map(|(&k, _)| k).collect();
+        for k in keys {
+            self.bytes.remove(&k);
         }
     }
 
@@ -1377,6 +1410,9 @@ impl Model {
                 ename(errno())
             );
             done += n as usize;
+        }
+        for (i, b) in data.iter().enumerate() {
+            self.bytes.insert(addr + i, *b);
         }
         for p in (s..e).step_by(ps) {
             self.wrote(p);
@@ -1819,6 +1855,24 @@ impl Model {
                 self.describe(&missed)
             );
         }
+        // Every byte stored is still there (watching, resets, protection
+        // changes and scans never touch contents).
+        let mut changed = vec![];
+        for (&at, &want) in &self.bytes {
+            if self.readable(at) {
+                // SAFETY: a readable byte of a model arena.
+                let got = unsafe { std::ptr::read_volatile(at as *const u8) };
+                if got != want {
+                    changed.push(at);
+                }
+            }
+        }
+        ensure!(
+            changed.is_empty(),
+            "at the end, memory changed at {} bytes, e.g. {}",
+            changed.len(),
+            self.describe(&changed)
+        );
         self.teardown()?;
         let s = stats();
         ensure!(
