@@ -621,7 +621,7 @@ fn every_row_of_the_table() {
     check_references(&security, &mut errors);
     assert!(
         errors.is_empty(),
-        "docs/BAD-INPUT.md:\n  {}",
+        "docs/BAD-INPUT.md, docs/SECURITY.md:\n  {}",
         errors.join("\n  ")
     );
     println!(
