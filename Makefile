@@ -14,6 +14,7 @@ all: lib
 
 include mk/c.mk
 include mk/kernels.mk
+include mk/sanitize.mk
 
 lib:
 	$(CARGO) build --release --lib --bin ww-probe

@@ -5,7 +5,7 @@
 //! [`WatchedAlloc`] and [`WatchedRange`] are the owning Rust types.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -28,6 +28,24 @@ static ACTIVE: OnceLock<&'static dyn Backend> = OnceLock::new();
 /// The process the registry's kernel state belongs to (fork detection).
 static OWNER: AtomicI32 = AtomicI32::new(0);
 static FORK_LOCK: Mutex<()> = Mutex::new(());
+/// Set once every backend has been probed (all answers are cached).
+static ALL_PROBED: AtomicBool = AtomicBool::new(false);
+
+/// Each backend is probed once and the answer kept for the life of the
+/// process (`backend::probe`). A shortage at that moment (no free
+/// descriptor, no address space) says nothing about the kernel, and
+/// remembering it would leave the backend "unavailable" (and AUTO on a
+/// worse one) for good. So before a probe may run, check there is room for
+/// one, and otherwise fail with that errno (`EMFILE`, `ENFILE`, `ENOMEM`):
+/// the caller may retry, and the next call probes afresh. A backend the
+/// kernel or a sandbox refuses for good (`ENOSYS`, seccomp's `EPERM`) is
+/// probed normally and reported unavailable; AUTO then picks the next one.
+fn room_to_probe() -> Result<()> {
+    if ALL_PROBED.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    Ok(crate::sys::probe_room()?)
+}
 
 /// Chooses the backend. Allowed any number of times before the first
 /// allocation or watch; after that `Ok` for the active backend (or
@@ -41,6 +59,7 @@ pub fn init(kind: BackendKind) -> Result<()> {
             Err(Error::BUSY)
         };
     }
+    room_to_probe()?;
     if backend::probe(kind).is_err() {
         return Err(Error::NOTSUP);
     }
@@ -56,16 +75,27 @@ pub fn active_backend() -> BackendKind {
     }
 }
 
-/// Bit `1 << kind` set for each available backend.
+/// Bit `1 << kind` set for each available backend. 0 while there is no
+/// room to probe (see `room_to_probe`): nothing is remembered then.
 pub fn available_backends() -> u32 {
-    BackendKind::CONCRETE
+    if room_to_probe().is_err() {
+        return 0;
+    }
+    let bits = BackendKind::CONCRETE
         .into_iter()
         .filter(|k| backend::probe(*k).is_ok())
-        .fold(0, |bits, k| bits | 1 << k as u32)
+        .fold(0, |bits, k| bits | 1 << k as u32);
+    ALL_PROBED.store(true, Ordering::Release);
+    bits
 }
 
 /// Why `kind` is or is not available (probed once).
 pub fn probe_backend(kind: BackendKind) -> std::result::Result<(), String> {
+    if kind != BackendKind::Auto
+        && let Err(e) = room_to_probe()
+    {
+        return Err(format!("not probed: no room to probe now ({e})"));
+    }
     backend::probe(kind).clone()
 }
 
@@ -82,6 +112,7 @@ fn resolve(requested: Option<BackendKind>) -> Result<BackendKind> {
     if kind != BackendKind::Auto {
         return Ok(kind);
     }
+    room_to_probe()?;
     BackendKind::CONCRETE
         .into_iter()
         .find(|k| backend::probe(*k).is_ok())
@@ -97,7 +128,10 @@ fn commit() -> Result<&'static dyn Backend> {
     if let Some(b) = ACTIVE.get() {
         return Ok(*b);
     }
-    let b = backend::instance(resolve(*req)?)?;
+    let kind = resolve(*req)?;
+    // An explicitly named backend is probed here, by `instance`.
+    room_to_probe()?;
+    let b = backend::instance(kind)?;
     // Before any region exists: the fault handler dispatches on this.
     crate::signal::set_active_kind(b.kind());
     OWNER.store(getpid(), Ordering::Release);

@@ -26,14 +26,19 @@ fn header_functions() -> BTreeSet<String> {
     names
 }
 
-/// The library built alongside this test (same profile).
+/// The library built alongside this test (same profile): `deps/`, next to
+/// this test, always has the latest build; `cargo build` also copies it up
+/// to the profile directory, but a bare `cargo test` does not (so on a
+/// clean tree only `deps/` has it, and after a rebuild the copy is stale).
 fn library() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("libwritewatch.so")
+    let deps = exe.parent().unwrap();
+    let built = deps.join("libwritewatch.so");
+    if built.exists() {
+        built
+    } else {
+        deps.parent().unwrap().join("libwritewatch.so")
+    }
 }
 
 #[test]

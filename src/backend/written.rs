@@ -25,7 +25,12 @@
 //!   is armed up front (that would build page tables for the whole range);
 //!   a page is populated unprotected on first touch, so scans ask for
 //!   `PAGE_IS_WRITTEN` among `PAGE_IS_PRESENT | PAGE_IS_SWAPPED` pages and
-//!   cost grows with touched memory, not reserved size.
+//!   cost grows with touched memory, not reserved size. First touch may be
+//!   a *read*: in private anonymous memory that maps the shared zero page,
+//!   also without the uffd-wp bit, so sparse scans skip `PAGE_IS_PFNZERO`
+//!   pages (a write always replaces the zero page first). In shared memory
+//!   (shmem, memfd) a read maps a real page that nothing tells apart from a
+//!   written one, so such regions are always dense, whatever their size.
 //!
 //! Resets use `UFFDIO_WRITEPROTECT` (dense) or a scan with an output
 //! buffer (sparse) — never `PAGEMAP_SCAN` with `vec_len = 0`, which
@@ -80,25 +85,34 @@ pub fn instance() -> Result<&'static Written> {
     super::probe(BackendKind::Written)
         .as_ref()
         .map_err(|_| Error::NOTSUP)?;
-    let uffd = open_uffd().map_err(|_| Error::NOTSUP)?;
+    // The probe worked, so a failure now is a shortage (EMFILE, ...): say so.
+    let uffd = open_uffd().map_err(|(e, _)| e)?;
     Ok(INSTANCE.get_or_init(|| Written {
         uffd: Mutex::new(Arc::new(uffd)),
     }))
 }
 
-/// A userfaultfd with async write-protect enabled.
-fn open_uffd() -> std::result::Result<Uffd, String> {
+/// A userfaultfd with async write-protect enabled; on failure the errno
+/// and a reason for the probe.
+fn open_uffd() -> std::result::Result<Uffd, (Error, String)> {
     let uffd = Uffd::open().map_err(|e| {
-        format!(
-            "userfaultfd(2) failed: {e} (CONFIG_USERFAULTFD off, or blocked by seccomp/sandbox)"
-        )
+        let why = match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => "out of resources",
+            _ => "CONFIG_USERFAULTFD off, or blocked by seccomp/sandbox",
+        };
+        let reason = format!("userfaultfd(2) failed: {e} ({why})");
+        (Error::from(e), reason)
     })?;
     let granted = uffd.api(FEATURES).map_err(|e| {
-        format!("UFFDIO_API rejected WP_ASYNC|WP_UNPOPULATED: {e} (needs Linux 6.7+)")
+        (
+            Error::NOTSUP,
+            format!("UFFDIO_API rejected WP_ASYNC|WP_UNPOPULATED: {e} (needs Linux 6.7+)"),
+        )
     })?;
     if granted & FEATURES != FEATURES {
-        return Err(format!(
-            "UFFDIO_API granted features {granted:#x} without WP_ASYNC|WP_UNPOPULATED"
+        return Err((
+            Error::NOTSUP,
+            format!("UFFDIO_API granted features {granted:#x} without WP_ASYNC|WP_UNPOPULATED"),
         ));
     }
     Ok(uffd)
@@ -107,6 +121,15 @@ fn open_uffd() -> std::result::Result<Uffd, String> {
 impl Written {
     fn uffd(&self) -> Arc<Uffd> {
         self.uffd.lock().clone()
+    }
+
+    /// Categories a scan of `r` must never match (see the module docs).
+    fn exclude(r: &Region) -> u64 {
+        if r.state::<State>().dense {
+            0 // keeps the kernel's fast path (WRITTEN only, nothing inverted)
+        } else {
+            PAGE_IS_PFNZERO as u64
+        }
     }
 
     fn scan_for(r: &Region, range: PageRange, reset: bool) -> Scan {
@@ -137,7 +160,7 @@ impl Written {
         let mut scan = Self::scan_for(r, range, true);
         while scan.start < scan.end {
             let before = scan.start;
-            scan.run(&mut buf)?;
+            scan.run_excluding(&mut buf, Self::exclude(r))?;
             if scan.start <= before {
                 return Err(Error::IO);
             }
@@ -153,7 +176,7 @@ impl Backend for Written {
 
     fn new_state(&self, range: PageRange) -> Box<dyn Any + Send + Sync> {
         Box::new(State {
-            dense: range.len() <= DENSE_LIMIT,
+            dense: range.len() <= DENSE_LIMIT || !private_anonymous(range),
         })
     }
 
@@ -199,7 +222,7 @@ impl Backend for Written {
                 Limit::Runs(n) => n.min(SCAN_BUF),
             };
             let before = scan.start;
-            let n = scan.run(&mut buf[..vec_len])?;
+            let n = scan.run_excluding(&mut buf[..vec_len], Self::exclude(r))?;
             for reg in &buf[..n] {
                 let (s, e) = (reg.start as usize, reg.end as usize);
                 let done = sink.push(s, e);
@@ -248,7 +271,7 @@ impl Backend for Written {
         // and our VMAs lost their registration in the child (no
         // UFFD_FEATURE_EVENT_FORK). Register them with a fresh one, unarmed:
         // every page then reads as written until the child's first reset.
-        let uffd = open_uffd().map_err(|_| Error::NOTSUP)?;
+        let uffd = open_uffd().map_err(|(e, _)| e)?;
         for r in regions {
             uffd.register_wp(r.range.start, r.range.len())?;
         }
@@ -257,10 +280,21 @@ impl Backend for Written {
     }
 }
 
+/// True if all of `range` is private anonymous memory, where sparse
+/// tracking is exact (see the module docs). Asked only for regions over
+/// [`DENSE_LIMIT`]; if `/proc/self/maps` cannot be read, dense is the safe
+/// answer.
+fn private_anonymous(range: PageRange) -> bool {
+    match mm::mappings_in(range.start, range.end) {
+        Ok(maps) => !maps.is_empty() && maps.iter().all(|m| m.inode == 0 && m.perms[3] == b'p'),
+        Err(_) => false,
+    }
+}
+
 /// Tries the whole mechanism on a scratch mapping: register, arm, scan,
 /// write, scan-and-reset, scan.
 pub fn probe() -> std::result::Result<(), String> {
-    let uffd = open_uffd()?;
+    let uffd = open_uffd().map_err(|(_, why)| why)?;
     let ps = page_size();
     let len = 4 * ps;
     let base = mm::reserve(len).map_err(|e| format!("mmap failed: {e}"))?;
@@ -287,6 +321,10 @@ pub fn probe() -> std::result::Result<(), String> {
                 Some(libc::ENOTTY) | Some(libc::EINVAL) => {
                     format!("PAGEMAP_SCAN ioctl unsupported: {e} (needs Linux 6.7+)")
                 }
+                Some(libc::EACCES) => format!(
+                    "cannot open /proc/self/pagemap: {e} (a non-dumpable process, e.g. one \
+                     that changed uid, cannot open its own /proc files)"
+                ),
                 _ => format!("PAGEMAP_SCAN failed: {e}"),
             })?;
             Ok(buf[..n]

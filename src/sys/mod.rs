@@ -30,3 +30,30 @@ pub fn getpid() -> libc::pid_t {
     // SAFETY: getpid has no preconditions and cannot fail.
     unsafe { libc::getpid() }
 }
+
+/// Whether a backend probe has room to run now: three free descriptors
+/// (a probe opens a userfaultfd and `/proc/self` files) and 64 KiB of
+/// address space (its scratch mapping). `EMFILE`/`ENFILE`/`ENOMEM` if not.
+/// Nothing is kept: the descriptors and the mapping are released at once.
+pub fn probe_room() -> io::Result<()> {
+    let mut fds = [-1; 3];
+    let mut result = Ok(());
+    for slot in &mut fds {
+        // SAFETY: eventfd takes no pointers and returns a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            result = Err(io::Error::last_os_error());
+            break;
+        }
+        *slot = fd;
+    }
+    for fd in fds.into_iter().filter(|&fd| fd >= 0) {
+        // SAFETY: a descriptor we just opened and nobody else knows.
+        unsafe { libc::close(fd) };
+    }
+    result?;
+    let len = 16 * crate::page::page_size();
+    let map = mm::reserve(len)?;
+    // SAFETY: our own fresh reservation, referenced by nothing.
+    unsafe { mm::unmap(map, len) }
+}

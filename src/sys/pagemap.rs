@@ -103,6 +103,16 @@ impl Scan {
     /// empty (a zero-length vector crashes kernels before late 2025 when
     /// the walk backs out of a partial huge page).
     pub fn run(&mut self, buf: &mut [page_region]) -> io::Result<usize> {
+        self.run_excluding(buf, 0)
+    }
+
+    /// Like [`run`](Self::run), but pages in any of the categories
+    /// `exclude` never match (they are neither returned nor, with
+    /// `PM_SCAN_WP_MATCHING`, write-protected): the kernel's
+    /// `category_inverted` with the same bits required in `category_mask`.
+    /// E.g. `PAGE_IS_PFNZERO`: a page mapped to the shared zero page by a
+    /// read fault has never been written, whatever its uffd-wp bit says.
+    pub fn run_excluding(&mut self, buf: &mut [page_region], exclude: u64) -> io::Result<usize> {
         assert!(!buf.is_empty(), "PAGEMAP_SCAN needs an output buffer");
         let mut arg = pm_scan_arg {
             size: size_of::<pm_scan_arg>() as u64,
@@ -113,8 +123,8 @@ impl Scan {
             vec: buf.as_mut_ptr() as u64,
             vec_len: buf.len() as u64,
             max_pages: self.max_pages,
-            category_inverted: 0,
-            category_mask: self.category_mask,
+            category_inverted: exclude,
+            category_mask: self.category_mask | exclude,
             category_anyof_mask: self.category_anyof_mask,
             return_mask: self.return_mask,
         };

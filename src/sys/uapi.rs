@@ -16,8 +16,8 @@
 #![allow(non_camel_case_types)]
 
 pub use linux_raw_sys::general::{
-    PAGE_IS_HUGE, PAGE_IS_PRESENT, PAGE_IS_SOFT_DIRTY, PAGE_IS_SWAPPED, PAGE_IS_WRITTEN,
-    PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING, UFFD_API, UFFD_FEATURE_WP_ASYNC,
+    PAGE_IS_HUGE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SOFT_DIRTY, PAGE_IS_SWAPPED,
+    PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING, UFFD_API, UFFD_FEATURE_WP_ASYNC,
     UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY, UFFDIO_REGISTER_MODE_WP, page_region,
     pm_scan_arg, uffdio_api, uffdio_range, uffdio_register, uffdio_writeprotect,
 };
@@ -72,6 +72,7 @@ mod tests {
         assert_eq!(PAGE_IS_WRITTEN, 1 << 1);
         assert_eq!(PAGE_IS_PRESENT, 1 << 3);
         assert_eq!(PAGE_IS_SWAPPED, 1 << 4);
+        assert_eq!(PAGE_IS_PFNZERO, 1 << 5);
         assert_eq!(PAGE_IS_HUGE, 1 << 6);
         assert_eq!(PAGE_IS_SOFT_DIRTY, 1 << 7);
         assert_eq!(UFFD_API, 0xAA);

@@ -114,3 +114,34 @@ impl Drop for Mmap {
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
     }
 }
+
+/// Runs `case` in a fresh copy of this test binary (its test named
+/// `child`, with `WW_CHILD=<case>` and `env` set), for what is per process:
+/// resource limits, seccomp filters, the backend choice. A re-exec rather
+/// than fork(): the test harness is threaded, and a child forked while
+/// another test holds a library lock would deadlock. Panics, showing the
+/// child's output, unless it passed; returns its stdout.
+pub fn run_child(case: &str, env: &[(&str, &str)]) -> String {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("WW_CHILD", case)
+        .env("RUST_BACKTRACE", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("spawn child");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child case {case} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+/// In a test binary's `child` test: the case this process was started for.
+pub fn child_case() -> Option<String> {
+    std::env::var("WW_CHILD").ok()
+}
