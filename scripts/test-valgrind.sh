@@ -55,6 +55,58 @@ while IFS=$'\t' read -r name ok why; do
     fi
 done < <("$VALGRIND" -q "$probe" --porcelain 2>/dev/null)
 
+# The mprotect backend needs a faithful SIGSEGV: the faulting address in
+# si_addr and SEGV_ACCERR. Ask valgrind with a ten-line program.
+if [[ " ${runnable[*]} " == *" mprotect "* ]]; then
+    cat >"$out/fault_check.c" <<'C'
+/* What the mprotect backend needs from SIGSEGV, twice in a row: the
+ * faulting address and SEGV_ACCERR, on an alternate stack, with the
+ * handler resolving the fault by mprotect and returning. */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+static char *pages;
+static int resolved;
+static void on_segv(int sig, siginfo_t *si, void *ctx)
+{
+    (void)sig; (void)ctx;
+    char *want = pages + resolved * 4096;
+    if (si->si_addr != want || si->si_code != SEGV_ACCERR)
+        _Exit(3);
+    mprotect(want, 4096, PROT_READ | PROT_WRITE);
+    resolved++;
+}
+int main(void)
+{
+    static char altstack[1 << 16];
+    stack_t ss = { .ss_sp = altstack, .ss_size = sizeof altstack };
+    sigaltstack(&ss, NULL);
+    struct sigaction sa = {0};
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigfillset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, NULL);
+    /* As ww_alloc does: a PROT_NONE reservation, the middle made RW, then
+     * armed read-only. */
+    char *map = mmap(NULL, 4 * 4096, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    pages = map + 4096;
+    mprotect(pages, 2 * 4096, PROT_READ | PROT_WRITE);
+    mprotect(pages, 2 * 4096, PROT_READ);
+    pages[0] = 1;
+    pages[4096] = 1;
+    return resolved == 2 ? 0 : 4;
+}
+C
+    cc -o "$out/fault_check" "$out/fault_check.c"
+    if ! "$VALGRIND" -q "$out/fault_check" >/dev/null 2>&1; then
+        echo "SKIP valgrind [mprotect]: $("$VALGRIND" --version) does not deliver repeated write faults on read-only pages faithfully (checked by fault_check.c: address and SEGV_ACCERR, on an alternate stack), so SIGSEGV-based tracking cannot be checked under it"
+        runnable=("${runnable[@]/mprotect/}")
+        mapfile -t runnable < <(printf '%s\n' "${runnable[@]}" | grep .)
+    fi
+fi
+
 if [[ ${#runnable[@]} -eq 0 ]]; then
     echo "SKIP valgrind C tests: no backend in '${WW_BACKENDS:-written soft-dirty mprotect}' works under valgrind here"
     exit $fail
@@ -70,13 +122,13 @@ for t in "${tests[@]}"; do
 done
 WW_BACKENDS="${runnable[*]}" "$ffi/run_tests.sh" "$libdir" "$out/logs" "${wrapped[@]}" || fail=1
 
-# The examples, as a user runs them (AUTO picks among what works here).
+# The examples, as a user runs them, on a backend that works here.
 for e in "${examples[@]}"; do
     log=$out/logs/$(basename "$e").log
-    if "${vg[@]}" "$e" >"$log" 2>&1; then
-        echo "PASS $(basename "$e") [valgrind, auto]"
+    if WW_BACKEND=${runnable[0]} "${vg[@]}" "$e" >"$log" 2>&1; then
+        echo "PASS $(basename "$e") [valgrind, ${runnable[0]}]"
     else
-        echo "FAIL $(basename "$e") [valgrind, auto]"; sed 's/^/    | /' "$log"
+        echo "FAIL $(basename "$e") [valgrind, ${runnable[0]}]"; sed 's/^/    | /' "$log"
         fail=1
     fi
 done

@@ -497,6 +497,16 @@ struct Delta {
     pages: u64,
 }
 
+/// Ranges whose watch ended (free, unwatch), in this process, across
+/// models: the fault handler of mprotect/soft-dirty may still claim a fault
+/// there while the page is writable (an in-flight fault racing the
+/// unwatch is retried, not fatal), and those tombstones are process-wide.
+static ENDED: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+fn ended_push(start: usize, end: usize) {
+    ENDED.lock().unwrap().push((start, end));
+}
+
 pub struct Model {
     backend: BackendKind,
     /// Extra pages are tolerated (counted) rather than failed.
@@ -1018,7 +1028,8 @@ impl Model {
         match ri {
             Some(i) => {
                 ensure!(rc == 0, "ww_free({addr:#x}) = {}, expected 0", ename(rc));
-                self.regions.remove(i);
+                let r = self.regions.remove(i);
+                ended_push(r.start, r.end);
                 let a = self.arena_at(addr).unwrap();
                 let gone = self.arenas.remove(a);
                 self.forget(gone.base, gone.end());
@@ -1146,6 +1157,7 @@ impl Model {
             );
             self.regions.retain(|x| *x != r);
             self.dead.push(r.start);
+            ended_push(r.start, r.end);
         }
         let arena = self.arenas.remove(i);
         self.forget(arena.base, arena.end());
@@ -1211,6 +1223,7 @@ impl Model {
                 ensure!(rc == 0, "ww_unwatch({addr:#x}) = {}, expected 0", ename(rc));
                 let r = self.regions.remove(i);
                 self.dead.push(addr);
+                ended_push(r.start, r.end);
                 self.unwatched(r);
             }
             None => {
@@ -1739,7 +1752,12 @@ impl Model {
             None => 0,
         };
         let rc = ww_handle_fault(addr as *mut c_void);
-        let may = self.in_region(addr) && self.writable(addr);
+        let handler_backend =
+            matches!(self.backend, BackendKind::Mprotect | BackendKind::SoftDirty);
+        let recently_ended = ENDED.lock().unwrap().iter().any(|&(s, e)| s <= addr && addr < e);
+        let may = self.writable(addr)
+            && (self.in_region(addr)
+                || (handler_backend && recently_ended && !self.in_region(addr)));
         ensure!(
             rc == 0 || (rc == 1 && may),
             "ww_handle_fault({addr:#x}) = {rc}, but the page is {}",
@@ -1749,7 +1767,7 @@ impl Model {
                 "not watched"
             }
         );
-        if rc == 1 {
+        if rc == 1 && self.in_region(addr) {
             self.wrote(align_down(addr));
         }
         Ok(())
@@ -1890,6 +1908,7 @@ impl Model {
     fn teardown(&mut self) -> Check {
         let mut first_err = Ok(());
         for r in std::mem::take(&mut self.regions) {
+            ended_push(r.start, r.end);
             let rc = if r.alloc {
                 // SAFETY: the model's allocation; nothing references it.
                 unsafe { ww_free(r.start as *mut c_void) }
