@@ -1754,7 +1754,11 @@ impl Model {
         let rc = ww_handle_fault(addr as *mut c_void);
         let handler_backend =
             matches!(self.backend, BackendKind::Mprotect | BackendKind::SoftDirty);
-        let recently_ended = ENDED.lock().unwrap().iter().any(|&(s, e)| s <= addr && addr < e);
+        let recently_ended = ENDED
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|&(s, e)| s <= addr && addr < e);
         let may = self.writable(addr)
             && (self.in_region(addr)
                 || (handler_backend && recently_ended && !self.in_region(addr)));
