@@ -62,6 +62,9 @@ fn child(args: &[String]) {
     let reps = num(args, "--reps", 3);
     let size = num(args, "--size", 64 * MIB);
     let iters = num(args, "--iters", 20000);
+    if args.iter().any(|a| a == "--wall") {
+        cases::WALL.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if case == "softdirty" {
         let others = num(args, "--others", 1);
         if imp == "raw-clear-refs" {

@@ -175,7 +175,13 @@ impl RawUffd {
             // call whose walk fills the buffer once and then finishes
             // returns the stale `walk_end` of the first fill (seen on
             // 6.18), and resuming there reports pages twice.
-            buf: vec![EMPTY_REGION; 512],
+            buf: vec![
+                EMPTY_REGION;
+                std::env::var("WW_RAW_VEC")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(512)
+            ],
         }
     }
 
