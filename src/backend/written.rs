@@ -41,7 +41,7 @@ use parking_lot::Mutex;
 use super::{Backend, BackendKind, Limit, Sink};
 use crate::error::{Error, Result};
 use crate::page::{PageRange, page_size};
-use crate::registry::Region;
+use crate::registry::{Origin, Region};
 use crate::sys::pagemap::{EMPTY_REGION, Scan};
 use crate::sys::uapi::*;
 use crate::sys::uffd::Uffd;
@@ -181,6 +181,13 @@ impl Backend for Written {
     }
 
     fn unwatch(&self, r: &Region) -> Result<()> {
+        if matches!(r.origin, Origin::Alloc { .. }) {
+            // Only `free` unwatches `ww_alloc` memory, and it unmaps it right
+            // after: munmap drops the registration and the uffd-wp bits
+            // with the VMA, so clearing them first would only cost two
+            // ioctls (and VMA updates) per free.
+            return Ok(());
+        }
         let uffd = self.uffd();
         let PageRange { start, end } = r.range;
         // Clear the uffd-wp bits first: kernels before 6.9 could leave them
