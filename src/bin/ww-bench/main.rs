@@ -17,7 +17,7 @@ mod cases;
 mod raw;
 mod report;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use writewatch::BackendKind;
@@ -27,6 +27,8 @@ use report::{Machine, Results, RowKey};
 
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
+/// Longest a single case may run.
+const CHILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -151,7 +153,7 @@ fn plan(libs: &[String], quick: bool) -> (Vec<Group>, Vec<String>) {
     // get / get+reset by dirty fraction.
     let patterns = "0,0.1,1,10,100,runs".to_string();
     let scan_impls = with(&["raw-uffd", "raw-uffd-sparse", "raw-pagemap", "raw-mprotect"]);
-    let mut sizes = vec![(64 * MIB, if quick { 2 } else { 3 })];
+    let mut sizes = vec![(64 * MIB, if quick { 3 } else { 5 })];
     if quick {
         skipped.push("1 GiB get/get+reset rows: skipped in --quick mode".into());
     } else {
@@ -339,11 +341,25 @@ fn parent(args: &[String]) {
 
 fn run_job(exe: &std::path::Path, j: &Job, round: usize, rounds: usize, results: &mut Results) {
     let t = Instant::now();
-    let out = Command::new(exe)
+    let mut child = Command::new(exe)
         .args(&j.args)
         .env_remove("WW_BACKEND")
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("spawn ww-bench child");
+    // A case that never finishes (a livelocked fault handler, say) is a
+    // result too: kill it after CHILD_TIMEOUT and report it.
+    let mut timed_out = false;
+    while child.try_wait().expect("wait for child").is_none() {
+        if t.elapsed() > CHILD_TIMEOUT {
+            let _ = child.kill();
+            timed_out = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().expect("child output");
     let stdout = String::from_utf8_lossy(&out.stdout);
     for line in stdout.lines() {
         let f: Vec<&str> = line.split('\t').collect();
@@ -371,14 +387,18 @@ fn run_job(exe: &std::path::Path, j: &Job, round: usize, rounds: usize, results:
             _ => {}
         }
     }
-    if !out.status.success() {
+    if timed_out || !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(3).collect();
         let msg = format!(
             "{} {}: child {} ({})",
             j.args[1],
             j.imp,
-            out.status,
+            if timed_out {
+                format!("killed after {} s", CHILD_TIMEOUT.as_secs())
+            } else {
+                out.status.to_string()
+            },
             tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
         );
         eprintln!("ww-bench: FAILED {msg}");
