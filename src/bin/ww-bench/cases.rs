@@ -222,7 +222,11 @@ pub fn scan(t: &mut dyn Tracker, size: usize, patterns: &[Pattern], reps: usize)
         let (mut gr, mut g) = (vec![], vec![]);
         // Cheap patterns (≤ 1% written) take tens of µs, where the noise of
         // a shared machine weighs most: repeat them more.
-        let reps = if idx.len() * 100 <= pages { 4 * reps } else { reps };
+        let reps = if idx.len() * 100 <= pages {
+            4 * reps
+        } else {
+            reps
+        };
         for rep in 0..reps {
             write_pages(base, &idx, rep as u8);
             let (ns, n) = timed(|| t.get(base, size, true, &mut out));

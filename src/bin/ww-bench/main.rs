@@ -141,7 +141,7 @@ fn plan(libs: &[String], quick: bool) -> (Vec<Group>, Vec<String>) {
     // First and second write.
     let reps = if quick { 2 } else { 3 };
     groups.push(
-        with(&["raw-uffd", "raw-mprotect", "plain"])
+        with(&["raw-uffd", "raw-uffd-aa", "raw-mprotect", "plain"])
             .iter()
             .map(|i| {
                 let extra = [("size", s(64 * MIB)), ("reps", s(reps))];
@@ -152,7 +152,13 @@ fn plan(libs: &[String], quick: bool) -> (Vec<Group>, Vec<String>) {
 
     // get / get+reset by dirty fraction.
     let patterns = "0,0.1,1,10,100,runs".to_string();
-    let scan_impls = with(&["raw-uffd", "raw-uffd-sparse", "raw-pagemap", "raw-mprotect"]);
+    let scan_impls = with(&[
+        "raw-uffd",
+        "raw-uffd-aa",
+        "raw-uffd-sparse",
+        "raw-pagemap",
+        "raw-mprotect",
+    ]);
     let mut sizes = vec![(64 * MIB, if quick { 3 } else { 5 })];
     if quick {
         skipped.push("1 GiB get/get+reset rows: skipped in --quick mode".into());

@@ -11,7 +11,9 @@
 //!   per written run — the way before `PAGEMAP_SCAN` existed;
 //! - `raw-mprotect`: Wine's approach, `mprotect(PROT_READ)` plus a SIGSEGV
 //!   handler that makes the page writable and sets its bit;
-//! - `plain`: no tracking at all (the floor for writes and page tables).
+//! - `plain`: no tracking at all (the floor for writes and page tables);
+//! - `raw-uffd-aa`: `raw-uffd` measured again as if it were another
+//!   implementation; its ratio to `raw-uffd` shows the noise of the run.
 //!
 //! Every get produces the page address list, like `GetWriteWatch`.
 
@@ -58,7 +60,9 @@ pub fn tracker(name: &str) -> Option<Box<dyn Tracker>> {
         return Some(Box::new(Lib::new(kind)));
     }
     Some(match name {
-        "raw-uffd" => Box::new(RawUffd::new(false)),
+        // The same baseline again, as its own column: the spread between
+        // the two is the run's noise floor (an A/A comparison).
+        "raw-uffd" | "raw-uffd-aa" => Box::new(RawUffd::new(false)),
         "raw-uffd-sparse" => Box::new(RawUffd::new(true)),
         "raw-pagemap" => Box::new(RawPagemap::new()),
         "raw-mprotect" => Box::new(RawMprotect::default()),
