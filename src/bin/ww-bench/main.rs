@@ -2,7 +2,7 @@
 //! in one run.
 //!
 //! ```text
-//! ww-bench [--quick] [--rounds N] [--out DIR] [--only SECTION[,SECTION]]
+//! ww-bench [--quick] [--wall] [--rounds N] [--out DIR] [--only SECTION[,SECTION]]
 //! ```
 //!
 //! For every backend `available_backends()` reports here and for the
@@ -27,6 +27,8 @@ use report::{Machine, Results, RowKey};
 
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
+/// Rounds of the 1 GiB get/get+reset cases (each process populates 1 GiB).
+const BIG_ROUNDS: usize = 3;
 /// Longest a single case may run.
 const CHILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -109,6 +111,8 @@ struct Job {
     section: &'static str,
     imp: String,
     args: Vec<String>,
+    /// Run only in the first this many rounds (the expensive 1 GiB cases).
+    max_rounds: usize,
 }
 
 /// Jobs whose order alternates between rounds.
@@ -124,7 +128,14 @@ fn job(section: &'static str, case: &str, imp: &str, extra: &[(&str, String)]) -
         section,
         imp: imp.into(),
         args,
+        max_rounds: usize::MAX,
     }
+}
+
+/// Limits a job to the first `n` rounds.
+fn at_most(mut j: Job, n: usize) -> Job {
+    j.max_rounds = n;
+    j
 }
 
 fn plan(libs: &[String], quick: bool) -> (Vec<Group>, Vec<String>) {
@@ -175,7 +186,12 @@ fn plan(libs: &[String], quick: bool) -> (Vec<Group>, Vec<String>) {
                         ("reps", s(reps)),
                         ("patterns", patterns.clone()),
                     ];
-                    job("Get and get+reset", "scan", i, &extra)
+                    let j = job("Get and get+reset", "scan", i, &extra);
+                    if size >= GIB {
+                        at_most(j, BIG_ROUNDS)
+                    } else {
+                        j
+                    }
                 })
                 .collect(),
         );
@@ -188,7 +204,8 @@ fn plan(libs: &[String], quick: bool) -> (Vec<Group>, Vec<String>) {
             ("reps", s(1)),
             ("patterns", "0,10,100".to_string()),
         ];
-        groups.push(vec![job("Get and get+reset", "scan", "written", &extra)]);
+        let j = job("Get and get+reset", "scan", "written", &extra);
+        groups.push(vec![at_most(j, BIG_ROUNDS)]);
     }
 
     // Sparse reservation.
@@ -294,6 +311,7 @@ fn parent(args: &[String]) {
         }
     }
     let mut machine = Machine::now(quick, rounds);
+    machine.wall = args.iter().any(|a| a == "--wall");
     machine.unavailable = unavailable.clone();
     eprintln!(
         "ww-bench: backends here: {}; {} rounds; load {}",
@@ -306,6 +324,12 @@ fn parent(args: &[String]) {
     }
 
     let (mut groups, skipped) = plan(&libs, quick);
+    let wall = args.iter().any(|a| a == "--wall");
+    if wall {
+        for j in groups.iter_mut().flatten() {
+            j.args.push("--wall".into());
+        }
+    }
     if let Some(only) = &only {
         groups.retain(|g| {
             only.iter()
@@ -326,7 +350,7 @@ fn parent(args: &[String]) {
             } else {
                 g.iter().rev().collect()
             };
-            for j in order {
+            for j in order.into_iter().filter(|j| round < j.max_rounds) {
                 run_job(&exe, j, round, rounds, &mut results);
             }
         }

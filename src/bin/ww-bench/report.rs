@@ -36,6 +36,8 @@ pub struct Machine {
     seconds: f64,
     /// Backends not available here, with the probe's reason.
     pub unavailable: Vec<(String, String)>,
+    /// Wall-clock times instead of thread CPU time (`--wall`).
+    pub wall: bool,
 }
 
 fn read(path: &str) -> String {
@@ -77,6 +79,7 @@ impl Machine {
             rounds,
             seconds: 0.0,
             unavailable: vec![],
+            wall: false,
         }
     }
 
@@ -373,10 +376,20 @@ impl Results {
         }
         let _ = writeln!(
             o,
-            "\nEach figure is the median over the rounds, each round a fresh process per \
-             case and implementation, the order alternating between rounds. Gets \
-             produce the page address list (capacity: every page of the region). \
-             Times for get/get+reset in µs for the whole region.\n"
+            "\nEach figure is the median over the rounds (at most 3 for the 1 GiB \
+             get rows), each round a fresh process per case and implementation, the \
+             order alternating between rounds; each process reports the median of its \
+             repetitions. {} \
+             Gets produce the page address list (capacity: every page of the \
+             region); get and get+reset figures are per call on the whole region. \
+             `raw-uffd-aa` is `raw-uffd` measured again: its ratio to `raw-uffd` is \
+             this run's noise.\n",
+            if m.wall {
+                "Times are wall-clock (`--wall`)."
+            } else {
+                "Times are the measured thread's CPU time (user + system: faults and \
+                 ioctls count, other processes on the shared cores do not)."
+            }
         );
         let cols = self.columns();
         for section in self.sections() {
@@ -727,7 +740,7 @@ impl Results {
             o,
             "  \"machine\": {{\"date\": {}, \"kernel\": {}, \"cpu\": {}, \"nproc\": {}, \
              \"load_start\": {}, \"load_end\": {}, \"thp\": {}, \"max_map_count\": {}, \
-             \"quick\": {}, \"rounds\": {}, \"seconds\": {:.1}}},",
+             \"quick\": {}, \"rounds\": {}, \"seconds\": {:.1}, \"clock\": {}}},",
             json_str(&m.date),
             json_str(&m.kernel),
             json_str(&m.cpu),
@@ -738,7 +751,8 @@ impl Results {
             json_str(&m.max_map_count),
             m.quick,
             m.rounds,
-            m.seconds
+            m.seconds,
+            json_str(if m.wall { "wall" } else { "thread-cpu" })
         );
         let list = |v: &[String]| v.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(", ");
         let _ = writeln!(o, "  \"backends\": [{}],", list(&self.libs));
