@@ -228,7 +228,7 @@ fn plan(libs: &[String], quick: bool) -> (Vec<Group>, Vec<String>) {
     // Per-call cost, and many regions.
     let iters = if quick { 5000 } else { 20000 };
     groups.push(
-        with(&["raw-uffd", "raw-mprotect"])
+        with(&["raw-uffd", "raw-uffd-aa", "raw-mprotect"])
             .iter()
             .map(|i| {
                 job(
@@ -241,7 +241,7 @@ fn plan(libs: &[String], quick: bool) -> (Vec<Group>, Vec<String>) {
             .collect(),
     );
     groups.push(
-        with(&["raw-uffd", "raw-mprotect", "plain"])
+        with(&["raw-uffd", "raw-uffd-aa", "raw-mprotect", "plain"])
             .iter()
             .map(|i| {
                 let extra = [
