@@ -909,7 +909,8 @@ impl Results {
             xml(&self.machine.kernel),
             xml(&self.machine.date)
         );
-        let y_of = |v: f64| mt + ph - (v.max(lo).log10() - d0 as f64) / (d1 - d0) as f64 * ph;
+        let floor = 10f64.powi(d0);
+        let y_of = |v: f64| mt + ph - (v.max(floor).log10() - d0 as f64) / (d1 - d0) as f64 * ph;
         for (k, size) in sizes.iter().enumerate() {
             let x0 = ml + k as f64 * (pw + gap);
             let x_of = |j: usize| x0 + 20.0 + j as f64 * (pw - 40.0) / (fractions.len() - 1) as f64;
