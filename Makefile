@@ -15,6 +15,7 @@ all: lib
 include mk/c.mk
 include mk/kernels.mk
 include mk/sanitize.mk
+include mk/bench.mk
 
 lib:
 	$(CARGO) build --release --lib --bin ww-probe

@@ -219,9 +219,27 @@ pub fn alloc(size: usize) -> Result<usize> {
     active()?;
     let ps = page_size();
     let len = crate::page::align_up(size).ok_or(Error::NOMEM)?;
-    let total = len.checked_add(2 * ps).ok_or(Error::NOMEM)?;
-    let map = mm::reserve(total)?;
-    let base = map + ps;
+    // Regions of at least the span of one page-table page (2 MiB with 4 KiB
+    // pages) start on such a boundary, as the kernel places large anonymous
+    // mappings. Behind a one-page guard they would otherwise straddle page
+    // tables: a heap touched in aligned 2 MiB chunks then needed two
+    // page-table pages per chunk instead of one.
+    let table_span = ps * (ps / 8);
+    let align = if len >= table_span { table_span } else { ps };
+    let total = len.checked_add(2 * ps + (align - ps)).ok_or(Error::NOMEM)?;
+    let reserved = mm::reserve(total)?;
+    let base = (reserved + ps).next_multiple_of(align);
+    let (map, map_end) = (base - ps, base + len + ps);
+    // Give back what the alignment did not use.
+    if map > reserved {
+        // SAFETY: the head of our fresh reservation, before the region.
+        let _ = unsafe { mm::unmap(reserved, map - reserved) };
+    }
+    if reserved + total > map_end {
+        // SAFETY: the tail of our fresh reservation, after the region.
+        let _ = unsafe { mm::unmap(map_end, reserved + total - map_end) };
+    }
+    let total = map_end - map;
     // The guards stay PROT_NONE, so the read-write middle can never merge
     // with a neighbouring mapping (a merged VMA reads all soft-dirty).
     // SAFETY: `[base, base+len)` is inside our fresh reservation.

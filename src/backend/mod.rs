@@ -111,6 +111,8 @@ pub struct Sink<'a> {
     out: Out<'a>,
     filled: usize,
     pages: usize,
+    /// End of the last reported page (0 before the first).
+    reported_end: usize,
 }
 
 enum Out<'a> {
@@ -125,6 +127,7 @@ impl<'a> Sink<'a> {
             out: Out::Pages(out),
             filled: 0,
             pages: 0,
+            reported_end: 0,
         }
     }
 
@@ -134,6 +137,7 @@ impl<'a> Sink<'a> {
             out: Out::Runs(out),
             filled: 0,
             pages: 0,
+            reported_end: 0,
         }
     }
 
@@ -156,9 +160,18 @@ impl<'a> Sink<'a> {
     /// Reports the written run `[start, end)`. Returns where the reported
     /// part ends: `end` if it all fit, less (possibly `start`) if the
     /// output filled. The caller must reset exactly what was reported.
+    ///
+    /// Runs must come in ascending order. A run that overlaps what was
+    /// already reported is clipped, so a page is never listed twice even if
+    /// the kernel's resume address lags (seen with `PAGEMAP_SCAN` vectors
+    /// longer than 512 entries on 6.18).
     pub fn push(&mut self, start: usize, end: usize) -> usize {
         let ps = page_size();
-        match &mut self.out {
+        let start = start.max(self.reported_end).min(end);
+        if start == end {
+            return end;
+        }
+        let done = match &mut self.out {
             Out::Pages(o) => {
                 let fit = ((end - start) / ps).min(o.len() - self.filled);
                 for (k, slot) in o[self.filled..self.filled + fit].iter_mut().enumerate() {
@@ -185,7 +198,9 @@ impl<'a> Sink<'a> {
                 self.pages += (end - start) / ps;
                 end
             }
-        }
+        };
+        self.reported_end = self.reported_end.max(done);
+        done
     }
 
     /// Entries written (pages or runs).

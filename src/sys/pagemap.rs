@@ -13,6 +13,7 @@
 //! says where in `walk_end`, so callers loop.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -113,6 +114,26 @@ impl Scan {
     /// E.g. `PAGE_IS_PFNZERO`: a page mapped to the shared zero page by a
     /// read fault has never been written, whatever its uffd-wp bit says.
     pub fn run_excluding(&mut self, buf: &mut [page_region], exclude: u64) -> io::Result<usize> {
+        // SAFETY: `MaybeUninit<T>` has the layout of `T`, and the kernel
+        // only ever stores whole, valid `page_region`s into the buffer.
+        let uninit =
+            unsafe { &mut *(buf as *mut [page_region] as *mut [MaybeUninit<page_region>]) };
+        self.run_uninit(uninit, exclude).map(|filled| filled.len())
+    }
+
+    /// [`run_excluding`](Self::run_excluding) into a buffer that need not be
+    /// initialised (so callers can keep a large one on the stack without
+    /// clearing it on every call); returns the entries the kernel filled.
+    ///
+    /// Keep `buf` at most 512 entries (one PMD's worth, the kernel's bounce
+    /// buffer): with a longer vector, a call whose walk fills the bounce
+    /// buffer, flushes it, and then reaches `end` returns the `walk_end` of
+    /// the first flush (seen on 6.18), and resuming there reports pages twice.
+    pub fn run_uninit<'a>(
+        &mut self,
+        buf: &'a mut [MaybeUninit<page_region>],
+        exclude: u64,
+    ) -> io::Result<&'a [page_region]> {
         assert!(!buf.is_empty(), "PAGEMAP_SCAN needs an output buffer");
         let mut arg = pm_scan_arg {
             size: size_of::<pm_scan_arg>() as u64,
@@ -132,9 +153,11 @@ impl Scan {
         // SAFETY: `arg` is a fully initialised pm_scan_arg whose `vec` points
         // at `buf`, writable for `vec_len` entries, both live for the call.
         let n = unsafe { libc::ioctl(fd, PAGEMAP_SCAN as _, &raw mut arg) };
-        let n = cvt(n as libc::c_long)? as usize;
+        let n = (cvt(n as libc::c_long)? as usize).min(buf.len());
         self.start = arg.walk_end;
-        Ok(n.min(buf.len()))
+        // SAFETY: the kernel wrote `n` entries to the front of `buf`
+        // (PAGEMAP_SCAN returns the number of `page_region`s it stored).
+        Ok(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<page_region>(), n) })
     }
 }
 
