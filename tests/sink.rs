@@ -90,27 +90,29 @@ fn empty_output_is_full_from_the_start() {
 fn overlapping_runs_are_clipped_so_no_page_is_listed_twice() {
     let p = ps();
     let mut out = [0usize; 8];
-    let mut sink = Sink::pages(&mut out);
-    assert_eq!(sink.push(0x10000, 0x10000 + 3 * p), 0x10000 + 3 * p);
-    // A lagging resume re-reports pages 1..4: only page 3 is new.
-    assert_eq!(sink.push(0x10000 + p, 0x10000 + 4 * p), 0x10000 + 4 * p);
-    assert_eq!(
-        sink.push(0x10000, 0x10000 + 2 * p),
-        0x10000 + 2 * p,
-        "all old: nothing added"
-    );
-    assert_eq!((sink.filled(), sink.pages_reported()), (4, 4));
-    drop(sink);
+    {
+        let mut sink = Sink::pages(&mut out);
+        assert_eq!(sink.push(0x10000, 0x10000 + 3 * p), 0x10000 + 3 * p);
+        // A lagging resume re-reports pages 1..4: only page 3 is new.
+        assert_eq!(sink.push(0x10000 + p, 0x10000 + 4 * p), 0x10000 + 4 * p);
+        assert_eq!(
+            sink.push(0x10000, 0x10000 + 2 * p),
+            0x10000 + 2 * p,
+            "all old: nothing added"
+        );
+        assert_eq!((sink.filled(), sink.pages_reported()), (4, 4));
+    }
     assert_eq!(
         out[..4],
         [0x10000, 0x10000 + p, 0x10000 + 2 * p, 0x10000 + 3 * p]
     );
 
     let mut runs = [WrittenRange::default(); 2];
-    let mut sink = Sink::runs(&mut runs);
-    sink.push(0x10000, 0x10000 + 2 * p);
-    sink.push(0x10000 + p, 0x10000 + 5 * p);
-    assert_eq!((sink.filled(), sink.pages_reported()), (1, 5));
-    drop(sink);
+    {
+        let mut sink = Sink::runs(&mut runs);
+        sink.push(0x10000, 0x10000 + 2 * p);
+        sink.push(0x10000 + p, 0x10000 + 5 * p);
+        assert_eq!((sink.filled(), sink.pages_reported()), (1, 5));
+    }
     assert_eq!((runs[0].start, runs[0].size), (0x10000, 5 * p));
 }

@@ -391,7 +391,12 @@ pub(crate) fn dispatch(addr: usize) -> bool {
         };
     }
     drop(snapshot);
-    in_tombstone(addr) && writable_now(addr)
+    // Only backends that write-protect pages can have a fault in flight.
+    matches!(
+        active_kind(),
+        Some(BackendKind::Mprotect | BackendKind::SoftDirty)
+    ) && in_tombstone(addr)
+        && writable_now(addr)
 }
 
 /// `ww_handle_fault`: a host's handler asks whether `addr` is ours. We may
