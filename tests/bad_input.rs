@@ -539,10 +539,14 @@ fn child_rows(rows: &mut Rows, case: &str, env: &[(&str, &str)]) {
 // The document
 // ---------------------------------------------------------------------------
 
+/// The documents, compiled in (the test binaries also run in VMs without
+/// the source tree).
+const BAD_INPUT_MD: &str = include_str!("../docs/BAD-INPUT.md");
+const SECURITY_MD: &str = include_str!("../docs/SECURITY.md");
+
 /// Table rows of docs/BAD-INPUT.md: id → (result, "also backed by").
 fn doc_rows() -> BTreeMap<String, (String, String)> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/BAD-INPUT.md"))
-        .expect("docs/BAD-INPUT.md");
+    let text = BAD_INPUT_MD;
     let mut rows = BTreeMap::new();
     for line in text.lines().filter(|l| l.starts_with('|')) {
         // `\|` is a pipe inside a cell (e.g. `PROT_WRITE\|PROT_EXEC`).
@@ -612,13 +616,14 @@ fn every_row_of_the_table() {
     for id in doc.keys().filter(|id| !rows.0.contains_key(*id)) {
         errors.push(format!("{id}: in the table but no test runs it"));
     }
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/BAD-INPUT.md")).unwrap();
-    check_references(&text, &mut errors);
-    // docs/SECURITY.md names tests too.
-    let security =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SECURITY.md")).unwrap();
-    check_references(&security, &mut errors);
+    // The documents name the tests behind each row: those must exist. That
+    // needs the source tree, which the kernel-matrix VMs do not carry.
+    if std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests")).is_dir() {
+        check_references(BAD_INPUT_MD, &mut errors);
+        check_references(SECURITY_MD, &mut errors);
+    } else {
+        println!("SKIP every_row_of_the_table (test references): no source tree here");
+    }
     assert!(
         errors.is_empty(),
         "docs/BAD-INPUT.md, docs/SECURITY.md:\n  {}",
