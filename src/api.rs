@@ -35,7 +35,11 @@ static FORK_LOCK: Mutex<()> = Mutex::new(());
 pub fn init(kind: BackendKind) -> Result<()> {
     let mut req = REQUESTED.lock();
     if let Some(active) = ACTIVE.get() {
-        return if kind == BackendKind::Auto || kind == active.kind() { Ok(()) } else { Err(Error::BUSY) };
+        return if kind == BackendKind::Auto || kind == active.kind() {
+            Ok(())
+        } else {
+            Err(Error::BUSY)
+        };
     }
     if backend::probe(kind).is_err() {
         return Err(Error::NOTSUP);
@@ -78,7 +82,10 @@ fn resolve(requested: Option<BackendKind>) -> Result<BackendKind> {
     if kind != BackendKind::Auto {
         return Ok(kind);
     }
-    BackendKind::CONCRETE.into_iter().find(|k| backend::probe(*k).is_ok()).ok_or(Error::NOTSUP)
+    BackendKind::CONCRETE
+        .into_iter()
+        .find(|k| backend::probe(*k).is_ok())
+        .ok_or(Error::NOTSUP)
 }
 
 /// The active backend, committing the choice on first use.
@@ -159,9 +166,13 @@ pub fn alloc(size: usize) -> Result<usize> {
     // with a neighbouring mapping (a merged VMA reads all soft-dirty).
     // SAFETY: `[base, base+len)` is inside our fresh reservation.
     let made_rw = unsafe { mm::protect(base, len, libc::PROT_READ | libc::PROT_WRITE) };
-    let added = made_rw
-        .map_err(Error::from)
-        .and_then(|()| add_region(b, PageRange::new(base, base + len), Origin::Alloc { guard: ps }));
+    let added = made_rw.map_err(Error::from).and_then(|()| {
+        add_region(
+            b,
+            PageRange::new(base, base + len),
+            Origin::Alloc { guard: ps },
+        )
+    });
     if let Err(e) = added {
         // SAFETY: nothing references the reservation yet.
         let _ = unsafe { mm::unmap(map, total) };
@@ -179,7 +190,9 @@ pub unsafe fn free(base: usize) -> Result<()> {
     let region = registry::remove_if(base, |r| matches!(r.origin, Origin::Alloc { .. }))
         .ok_or(Error::INVAL)?;
     let unwatched = drop_region(b, &region);
-    let Origin::Alloc { guard } = region.origin else { unreachable!() };
+    let Origin::Alloc { guard } = region.origin else {
+        unreachable!()
+    };
     let (start, len) = (region.range.start - guard, region.range.len() + 2 * guard);
     // SAFETY: the caller gives up the memory; the region is dead, so no
     // operation of ours touches it any more.
@@ -217,7 +230,11 @@ fn check_watchable(range: PageRange) -> Result<()> {
         }
         next = m.end;
     }
-    if next < range.end { Err(Error::INVAL) } else { Ok(()) }
+    if next < range.end {
+        Err(Error::INVAL)
+    } else {
+        Ok(())
+    }
 }
 
 /// Stops watching memory passed to [`watch`]; it stays read-write.
@@ -300,7 +317,10 @@ pub fn reset_write_watch(base: usize, size: usize) -> Result<()> {
 /// responsibility.
 pub unsafe fn protect(base: usize, size: usize, prot: i32) -> Result<()> {
     let allowed = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
-    if size == 0 || prot & !allowed != 0 || (prot & libc::PROT_WRITE != 0 && prot & libc::PROT_READ == 0) {
+    if size == 0
+        || prot & !allowed != 0
+        || (prot & libc::PROT_WRITE != 0 && prot & libc::PROT_READ == 0)
+    {
         return Err(Error::INVAL);
     }
     let (region, range) = lookup(base, size)?;
@@ -404,7 +424,11 @@ fn offsets(r: impl std::ops::RangeBounds<usize>, len: usize) -> Result<Range<usi
         Excluded(&e) => e,
         Unbounded => len,
     };
-    if start >= end || end > len { Err(Error::INVAL) } else { Ok(start..end) }
+    if start >= end || end > len {
+        Err(Error::INVAL)
+    } else {
+        Ok(start..end)
+    }
 }
 
 macro_rules! region_methods {
@@ -435,7 +459,10 @@ macro_rules! region_methods {
             let mut out = vec![0usize; r.len().div_ceil(page_size()) + 1];
             let n = get_write_watch(reset, self.base + r.start, r.len(), &mut out)?;
             out.truncate(n);
-            Ok(out.into_iter().map(|a| (a - self.base) / page_size()).collect())
+            Ok(out
+                .into_iter()
+                .map(|a| (a - self.base) / page_size())
+                .collect())
         }
 
         /// Up to `out.len()` written page addresses of `range`; returns how many.
@@ -458,7 +485,10 @@ macro_rules! region_methods {
             let r = offsets(range, self.len)?;
             let mut out = vec![WrittenRange::default(); r.len().div_ceil(2 * page_size()) + 1];
             let n = get_written_ranges(reset, self.base + r.start, r.len(), &mut out)?;
-            Ok(out[..n].iter().map(|w| w.start - self.base..w.start - self.base + w.size).collect())
+            Ok(out[..n]
+                .iter()
+                .map(|w| w.start - self.base..w.start - self.base + w.size)
+                .collect())
         }
 
         /// Marks the pages of `range` unwritten.
@@ -473,7 +503,10 @@ impl WatchedAlloc {
     /// `size` bytes (rounded up to pages) of zeroed, watched memory.
     pub fn new(size: usize) -> Result<WatchedAlloc> {
         let base = alloc(size)?;
-        Ok(WatchedAlloc { base, len: crate::page::align_up(size).ok_or(Error::NOMEM)? })
+        Ok(WatchedAlloc {
+            base,
+            len: crate::page::align_up(size).ok_or(Error::NOMEM)?,
+        })
     }
 
     region_methods!();
@@ -489,7 +522,11 @@ impl WatchedAlloc {
     /// Changes the protection of `range`; written state is kept. While
     /// pages are not read-write, [`as_mut_slice`](Self::as_mut_slice)
     /// accesses to them fault: restore access first.
-    pub fn protect(&mut self, range: impl std::ops::RangeBounds<usize>, prot: Protection) -> Result<()> {
+    pub fn protect(
+        &mut self,
+        range: impl std::ops::RangeBounds<usize>,
+        prot: Protection,
+    ) -> Result<()> {
         let r = offsets(range, self.len)?;
         // SAFETY: `&mut self` means no borrow of the memory is live.
         unsafe { protect(self.base + r.start, r.len(), prot.bits()) }
@@ -517,7 +554,10 @@ impl WatchedRange {
     pub unsafe fn new(base: *mut u8, len: usize) -> Result<WatchedRange> {
         // SAFETY: forwarded to the caller.
         unsafe { watch(base as usize, len) }?;
-        Ok(WatchedRange { base: base as usize, len: crate::page::align_up(len).ok_or(Error::INVAL)? })
+        Ok(WatchedRange {
+            base: base as usize,
+            len: crate::page::align_up(len).ok_or(Error::INVAL)?,
+        })
     }
 
     region_methods!();

@@ -112,7 +112,11 @@ fn for_word_masks(from: usize, to: usize, mut f: impl FnMut(usize, u64)) {
         let w = i / 64;
         let lo = i % 64;
         let hi = (to - w * 64).min(64);
-        let mask = if hi - lo == 64 { u64::MAX } else { ((1u64 << (hi - lo)) - 1) << lo };
+        let mask = if hi - lo == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << (hi - lo)) - 1) << lo
+        };
         f(w, mask);
         i = w * 64 + hi;
     }

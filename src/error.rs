@@ -55,7 +55,12 @@ impl From<Error> for io::Error {
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Error({}: {})", self.0, io::Error::from_raw_os_error(self.0))
+        write!(
+            f,
+            "Error({}: {})",
+            self.0,
+            io::Error::from_raw_os_error(self.0)
+        )
     }
 }
 

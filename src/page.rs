@@ -38,7 +38,10 @@ impl PageRange {
     /// rounded up. `None` if `addr + len` or the rounding overflows.
     pub fn covering(addr: usize, len: usize) -> Option<PageRange> {
         let end = addr.checked_add(len)?;
-        Some(PageRange { start: align_down(addr), end: align_up(end)? })
+        Some(PageRange {
+            start: align_down(addr),
+            end: align_up(end)?,
+        })
     }
 
     /// Length in bytes.
@@ -91,15 +94,28 @@ mod tests {
     #[test]
     fn rounding_and_overflow() {
         let ps = page_size();
-        assert_eq!(PageRange::covering(ps + 10, 1), Some(PageRange::new(ps, 2 * ps)));
-        assert_eq!(PageRange::covering(2 * ps - 2, 4), Some(PageRange::new(ps, 3 * ps)));
+        assert_eq!(
+            PageRange::covering(ps + 10, 1),
+            Some(PageRange::new(ps, 2 * ps))
+        );
+        assert_eq!(
+            PageRange::covering(2 * ps - 2, 4),
+            Some(PageRange::new(ps, 3 * ps))
+        );
         assert_eq!(PageRange::covering(usize::MAX - 10, 20), None);
-        assert_eq!(PageRange::covering(usize::MAX - 10, 5), None, "rounding up wraps");
+        assert_eq!(
+            PageRange::covering(usize::MAX - 10, 5),
+            None,
+            "rounding up wraps"
+        );
         assert_eq!(align_up(usize::MAX), None);
         let a = PageRange::new(0, 4 * ps);
         assert!(a.contains(&PageRange::new(ps, 2 * ps)));
         assert!(!a.contains(&PageRange::new(3 * ps, 5 * ps)));
-        assert_eq!(a.intersect(&PageRange::new(3 * ps, 5 * ps)), Some(PageRange::new(3 * ps, 4 * ps)));
+        assert_eq!(
+            a.intersect(&PageRange::new(3 * ps, 5 * ps)),
+            Some(PageRange::new(3 * ps, 4 * ps))
+        );
         assert_eq!(a.intersect(&PageRange::new(4 * ps, 5 * ps)), None);
     }
 }

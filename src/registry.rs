@@ -52,7 +52,9 @@ impl Region {
 
     /// The backend state, which must be of type `T`.
     pub fn state<T: 'static>(&self) -> &T {
-        self.state.downcast_ref().expect("region state of the active backend")
+        self.state
+            .downcast_ref()
+            .expect("region state of the active backend")
     }
 
     /// Page index of `addr` within the region.
@@ -75,7 +77,9 @@ pub fn find_containing(range: &PageRange) -> Option<Arc<Region>> {
 /// The region whose start is exactly `base`.
 pub fn find_base(base: usize) -> Option<Arc<Region>> {
     let regions = REGIONS.read();
-    let i = regions.binary_search_by_key(&base, |r| r.range.start).ok()?;
+    let i = regions
+        .binary_search_by_key(&base, |r| r.range.start)
+        .ok()?;
     Some(regions[i].clone())
 }
 
@@ -83,7 +87,11 @@ pub fn find_base(base: usize) -> Option<Arc<Region>> {
 pub fn overlapping(range: &PageRange) -> Vec<Arc<Region>> {
     let regions = REGIONS.read();
     let first = regions.partition_point(|r| r.range.end <= range.start);
-    regions[first..].iter().take_while(|r| r.range.start < range.end).cloned().collect()
+    regions[first..]
+        .iter()
+        .take_while(|r| r.range.start < range.end)
+        .cloned()
+        .collect()
 }
 
 /// Every region (for fork recovery and soft-dirty harvesting).
@@ -96,7 +104,9 @@ pub fn insert(region: Arc<Region>) -> Result<()> {
     let mut regions = REGIONS.write();
     let i = regions.partition_point(|r| r.range.start < region.range.start);
     let overlaps_prev = i > 0 && regions[i - 1].range.end > region.range.start;
-    let overlaps_next = regions.get(i).is_some_and(|r| r.range.start < region.range.end);
+    let overlaps_next = regions
+        .get(i)
+        .is_some_and(|r| r.range.start < region.range.end);
     if overlaps_prev || overlaps_next {
         return Err(Error::BUSY);
     }
@@ -107,7 +117,9 @@ pub fn insert(region: Arc<Region>) -> Result<()> {
 /// Removes the region starting at `base` if `pred` accepts it.
 pub fn remove_if(base: usize, pred: impl FnOnce(&Region) -> bool) -> Option<Arc<Region>> {
     let mut regions = REGIONS.write();
-    let i = regions.binary_search_by_key(&base, |r| r.range.start).ok()?;
+    let i = regions
+        .binary_search_by_key(&base, |r| r.range.start)
+        .ok()?;
     if !pred(&regions[i]) {
         return None;
     }

@@ -38,14 +38,22 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// The concrete backends, best first (the order AUTO tries them in).
-    pub const CONCRETE: [BackendKind; 3] =
-        [BackendKind::Written, BackendKind::SoftDirty, BackendKind::Mprotect];
+    pub const CONCRETE: [BackendKind; 3] = [
+        BackendKind::Written,
+        BackendKind::SoftDirty,
+        BackendKind::Mprotect,
+    ];
 
     /// From the C enum value.
     pub fn from_raw(v: u32) -> Option<BackendKind> {
-        [BackendKind::Auto, BackendKind::Written, BackendKind::SoftDirty, BackendKind::Mprotect]
-            .into_iter()
-            .find(|k| *k as u32 == v)
+        [
+            BackendKind::Auto,
+            BackendKind::Written,
+            BackendKind::SoftDirty,
+            BackendKind::Mprotect,
+        ]
+        .into_iter()
+        .find(|k| *k as u32 == v)
     }
 
     /// `"auto"`, `"written"`, `"soft-dirty"`, `"mprotect"`.
@@ -65,9 +73,14 @@ impl BackendKind {
 
     /// Parses a [`name`](Self::name).
     pub fn from_name(s: &str) -> Option<BackendKind> {
-        [BackendKind::Auto, BackendKind::Written, BackendKind::SoftDirty, BackendKind::Mprotect]
-            .into_iter()
-            .find(|k| k.name() == s)
+        [
+            BackendKind::Auto,
+            BackendKind::Written,
+            BackendKind::SoftDirty,
+            BackendKind::Mprotect,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
     }
 }
 
@@ -108,12 +121,20 @@ enum Out<'a> {
 impl<'a> Sink<'a> {
     /// Page addresses into `out`.
     pub fn pages(out: &'a mut [usize]) -> Sink<'a> {
-        Sink { out: Out::Pages(out), filled: 0, pages: 0 }
+        Sink {
+            out: Out::Pages(out),
+            filled: 0,
+            pages: 0,
+        }
     }
 
     /// Runs into `out`.
     pub fn runs(out: &'a mut [WrittenRange]) -> Sink<'a> {
-        Sink { out: Out::Runs(out), filled: 0, pages: 0 }
+        Sink {
+            out: Out::Runs(out),
+            filled: 0,
+            pages: 0,
+        }
     }
 
     /// The limit left: pages or runs.
@@ -153,7 +174,10 @@ impl<'a> Sink<'a> {
                 {
                     last.size += end - start;
                 } else if self.filled < o.len() {
-                    o[self.filled] = WrittenRange { start, size: end - start };
+                    o[self.filled] = WrittenRange {
+                        start,
+                        size: end - start,
+                    };
                     self.filled += 1;
                 } else {
                     return start;

@@ -77,21 +77,29 @@ pub fn instance() -> Result<&'static Written> {
     if let Some(w) = INSTANCE.get() {
         return Ok(w);
     }
-    super::probe(BackendKind::Written).as_ref().map_err(|_| Error::NOTSUP)?;
+    super::probe(BackendKind::Written)
+        .as_ref()
+        .map_err(|_| Error::NOTSUP)?;
     let uffd = open_uffd().map_err(|_| Error::NOTSUP)?;
-    Ok(INSTANCE.get_or_init(|| Written { uffd: Mutex::new(Arc::new(uffd)) }))
+    Ok(INSTANCE.get_or_init(|| Written {
+        uffd: Mutex::new(Arc::new(uffd)),
+    }))
 }
 
 /// A userfaultfd with async write-protect enabled.
 fn open_uffd() -> std::result::Result<Uffd, String> {
     let uffd = Uffd::open().map_err(|e| {
-        format!("userfaultfd(2) failed: {e} (CONFIG_USERFAULTFD off, or blocked by seccomp/sandbox)")
+        format!(
+            "userfaultfd(2) failed: {e} (CONFIG_USERFAULTFD off, or blocked by seccomp/sandbox)"
+        )
     })?;
     let granted = uffd.api(FEATURES).map_err(|e| {
         format!("UFFDIO_API rejected WP_ASYNC|WP_UNPOPULATED: {e} (needs Linux 6.7+)")
     })?;
     if granted & FEATURES != FEATURES {
-        return Err(format!("UFFDIO_API granted features {granted:#x} without WP_ASYNC|WP_UNPOPULATED"));
+        return Err(format!(
+            "UFFDIO_API granted features {granted:#x} without WP_ASYNC|WP_UNPOPULATED"
+        ));
     }
     Ok(uffd)
 }
@@ -113,7 +121,11 @@ impl Written {
             flags: flags as u64,
             max_pages: 0,
             category_mask: PAGE_IS_WRITTEN as u64,
-            category_anyof_mask: if dense { 0 } else { (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) as u64 },
+            category_anyof_mask: if dense {
+                0
+            } else {
+                (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) as u64
+            },
             return_mask: PAGE_IS_WRITTEN as u64,
         }
     }
@@ -140,7 +152,9 @@ impl Backend for Written {
     }
 
     fn new_state(&self, range: PageRange) -> Box<dyn Any + Send + Sync> {
-        Box::new(State { dense: range.len() <= DENSE_LIMIT })
+        Box::new(State {
+            dense: range.len() <= DENSE_LIMIT,
+        })
     }
 
     fn watch(&self, r: &Region, fresh: bool) -> Result<()> {
@@ -148,7 +162,8 @@ impl Backend for Written {
         let PageRange { start, end } = r.range;
         uffd.register_wp(start, end - start)?;
         let armed = if r.state::<State>().dense {
-            uffd.writeprotect(start, end - start, true).map_err(Error::from)
+            uffd.writeprotect(start, end - start, true)
+                .map_err(Error::from)
         } else if fresh {
             Ok(()) // nothing populated yet, so nothing reads as written
         } else {
@@ -253,8 +268,10 @@ pub fn probe() -> std::result::Result<(), String> {
         // SAFETY: `base` is our own fresh reservation.
         unsafe { mm::protect(base, len, libc::PROT_READ | libc::PROT_WRITE) }
             .map_err(|e| format!("mprotect failed: {e}"))?;
-        uffd.register_wp(base, len).map_err(|e| format!("UFFDIO_REGISTER(MODE_WP) failed: {e}"))?;
-        uffd.writeprotect(base, len, true).map_err(|e| format!("UFFDIO_WRITEPROTECT failed: {e}"))?;
+        uffd.register_wp(base, len)
+            .map_err(|e| format!("UFFDIO_REGISTER(MODE_WP) failed: {e}"))?;
+        uffd.writeprotect(base, len, true)
+            .map_err(|e| format!("UFFDIO_WRITEPROTECT failed: {e}"))?;
         let written = |reset: bool| -> std::result::Result<Vec<usize>, String> {
             let mut buf = [EMPTY_REGION; 4];
             let mut scan = Scan {
@@ -287,9 +304,12 @@ pub fn probe() -> std::result::Result<(), String> {
         let got = written(true)?;
         let after = written(false)?;
         if got != [2] || !after.is_empty() {
-            return Err(format!("scratch write to page 2 read back as {got:?}, then {after:?}"));
+            return Err(format!(
+                "scratch write to page 2 read back as {got:?}, then {after:?}"
+            ));
         }
-        uffd.unregister(base, len).map_err(|e| format!("UFFDIO_UNREGISTER failed: {e}"))
+        uffd.unregister(base, len)
+            .map_err(|e| format!("UFFDIO_UNREGISTER failed: {e}"))
     })();
     // SAFETY: the scratch mapping is ours and nothing references it.
     let _ = unsafe { mm::unmap(base, len) };

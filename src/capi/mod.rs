@@ -118,7 +118,9 @@ pub unsafe extern "C" fn ww_get_write_watch(
         if addresses.is_null() {
             return libc::EFAULT;
         }
-        let Some(cap) = useful_capacity(cap, base, size) else { return libc::EINVAL };
+        let Some(cap) = useful_capacity(cap, base, size) else {
+            return libc::EINVAL;
+        };
         // SAFETY: the caller provides `*count` writable entries, and `cap`
         // is no more; `void *` and `usize` have the same layout.
         let out = unsafe { std::slice::from_raw_parts_mut(addresses.cast::<usize>(), cap) };
@@ -165,7 +167,9 @@ pub unsafe extern "C" fn ww_get_written_ranges(
         if ranges.is_null() {
             return libc::EFAULT;
         }
-        let Some(cap) = useful_capacity(cap, base, size) else { return libc::EINVAL };
+        let Some(cap) = useful_capacity(cap, base, size) else {
+            return libc::EINVAL;
+        };
         // SAFETY: the caller provides `*count` writable entries and `cap` is
         // no more; `ww_range` and `WrittenRange` have the same layout
         // (asserted in `types`).
@@ -224,10 +228,11 @@ pub unsafe extern "C" fn ww_get_stats(out: *mut ww_stats) -> c_int {
 /// See `include/writewatch.h`.
 #[unsafe(no_mangle)]
 pub extern "C" fn ww_version() -> *const c_char {
-    const VERSION: &std::ffi::CStr =
-        match std::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-            Ok(v) => v,
-            Err(_) => panic!("version has a NUL"),
-        };
+    const VERSION: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
+        concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
+    ) {
+        Ok(v) => v,
+        Err(_) => panic!("version has a NUL"),
+    };
     VERSION.as_ptr()
 }

@@ -14,7 +14,11 @@ pub fn reserve(len: usize) -> io::Result<usize> {
     // SAFETY: a fresh anonymous mapping at an address the kernel picks
     // cannot overlap or alias any existing Rust object.
     let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_NONE, flags, -1, 0) };
-    if p == libc::MAP_FAILED { Err(io::Error::last_os_error()) } else { Ok(p as usize) }
+    if p == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(p as usize)
+    }
 }
 
 /// `munmap(addr, len)`.
@@ -80,7 +84,11 @@ impl Mapping {
 /// The mappings that overlap `[start, end)`, in address order.
 pub fn mappings_in(start: usize, end: usize) -> io::Result<Vec<Mapping>> {
     let text = std::fs::read_to_string("/proc/self/maps")?;
-    Ok(text.lines().filter_map(parse_maps_line).filter(|m| m.start < end && start < m.end).collect())
+    Ok(text
+        .lines()
+        .filter_map(parse_maps_line)
+        .filter(|m| m.start < end && start < m.end)
+        .collect())
 }
 
 fn parse_maps_line(line: &str) -> Option<Mapping> {
@@ -107,9 +115,15 @@ mod tests {
     #[test]
     fn parses_maps_lines() {
         let m = parse_maps_line("7f00-7f10 rw-p 00000000 00:00 0 ").unwrap();
-        assert_eq!((m.start, m.end, m.inode, m.is_rw(), m.is_anonymous()), (0x7f00, 0x7f10, 0, true, true));
+        assert_eq!(
+            (m.start, m.end, m.inode, m.is_rw(), m.is_anonymous()),
+            (0x7f00, 0x7f10, 0, true, true)
+        );
         let f = parse_maps_line("5000-6000 r--p 00001000 08:01 1234   /usr/bin/cat").unwrap();
-        assert_eq!((f.is_rw(), f.is_anonymous(), f.path.as_str()), (false, false, "/usr/bin/cat"));
+        assert_eq!(
+            (f.is_rw(), f.is_anonymous(), f.path.as_str()),
+            (false, false, "/usr/bin/cat")
+        );
         let s = parse_maps_line("1000-2000 rw-s 00000000 00:01 77 /memfd:x (deleted)").unwrap();
         assert!(s.is_anonymous());
     }

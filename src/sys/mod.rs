@@ -18,7 +18,11 @@ use std::io;
 
 /// Converts a `-1`-on-error libc return value into `io::Result`.
 pub(crate) fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
-    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// The calling process's id (not cached: it must change after `fork`).

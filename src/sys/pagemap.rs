@@ -129,4 +129,8 @@ impl Scan {
 }
 
 /// A zeroed output entry (for initialising scan buffers).
-pub const EMPTY_REGION: page_region = page_region { start: 0, end: 0, categories: 0 };
+pub const EMPTY_REGION: page_region = page_region {
+    start: 0,
+    end: 0,
+    categories: 0,
+};

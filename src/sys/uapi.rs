@@ -21,7 +21,9 @@ pub use linux_raw_sys::general::{
     UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY, UFFDIO_REGISTER_MODE_WP, page_region,
     pm_scan_arg, uffdio_api, uffdio_range, uffdio_register, uffdio_writeprotect,
 };
-pub use linux_raw_sys::ioctl::{UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WRITEPROTECT};
+pub use linux_raw_sys::ioctl::{
+    UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WRITEPROTECT,
+};
 
 /// `_IOWR(type, nr, size)` from `include/uapi/asm-generic/ioctl.h`
 /// (x86, arm64, riscv: dir bits 30..31, size 16..29, type 8..15, nr 0..7).
@@ -106,10 +108,15 @@ mod tests {
         let out = std::process::Command::new(dir.join("u")).output().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         if out.status.code() == Some(77) {
-            println!("SKIP constants_match_installed_headers: installed headers predate PAGEMAP_SCAN (< 6.7)");
+            println!(
+                "SKIP constants_match_installed_headers: installed headers predate PAGEMAP_SCAN (< 6.7)"
+            );
             return;
         }
         let text = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(text.trim(), format!("{} {}", PAGEMAP_SCAN, UFFD_FEATURE_WP_ASYNC));
+        assert_eq!(
+            text.trim(),
+            format!("{} {}", PAGEMAP_SCAN, UFFD_FEATURE_WP_ASYNC)
+        );
     }
 }

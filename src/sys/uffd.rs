@@ -32,7 +32,10 @@ impl Uffd {
         let fd = cvt(unsafe { libc::syscall(libc::SYS_userfaultfd, flags) })?;
         // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-        Ok(Uffd { fd, owner: getpid() })
+        Ok(Uffd {
+            fd,
+            owner: getpid(),
+        })
     }
 
     /// The process that created this userfaultfd.
@@ -43,7 +46,11 @@ impl Uffd {
     /// `UFFDIO_API` handshake requesting `features`; returns what the
     /// kernel granted. Fails with EINVAL if a requested feature is unknown.
     pub fn api(&self, features: u64) -> io::Result<u64> {
-        let mut arg = uffdio_api { api: UFFD_API as u64, features, ioctls: 0 };
+        let mut arg = uffdio_api {
+            api: UFFD_API as u64,
+            features,
+            ioctls: 0,
+        };
         // SAFETY: `arg` is a live uffdio_api, which is what UFFDIO_API reads and writes.
         unsafe { self.ioctl(UFFDIO_API, (&raw mut arg).cast()) }?;
         Ok(arg.features)
@@ -52,7 +59,10 @@ impl Uffd {
     /// `UFFDIO_REGISTER` with `UFFDIO_REGISTER_MODE_WP` over `[start, start+len)`.
     pub fn register_wp(&self, start: usize, len: usize) -> io::Result<()> {
         let mut arg = uffdio_register {
-            range: uffdio_range { start: start as u64, len: len as u64 },
+            range: uffdio_range {
+                start: start as u64,
+                len: len as u64,
+            },
             mode: UFFDIO_REGISTER_MODE_WP as u64,
             ioctls: 0,
         };
@@ -62,7 +72,10 @@ impl Uffd {
 
     /// `UFFDIO_UNREGISTER` over `[start, start+len)`.
     pub fn unregister(&self, start: usize, len: usize) -> io::Result<()> {
-        let mut arg = uffdio_range { start: start as u64, len: len as u64 };
+        let mut arg = uffdio_range {
+            start: start as u64,
+            len: len as u64,
+        };
         // SAFETY: `arg` is a live uffdio_range, which UFFDIO_UNREGISTER reads.
         unsafe { self.ioctl(UFFDIO_UNREGISTER, (&raw mut arg).cast()) }
     }
@@ -77,7 +90,10 @@ impl Uffd {
             UFFDIO_WRITEPROTECT_MODE_DONTWAKE
         };
         let mut arg = uffdio_writeprotect {
-            range: uffdio_range { start: start as u64, len: len as u64 },
+            range: uffdio_range {
+                start: start as u64,
+                len: len as u64,
+            },
             mode: mode as u64,
         };
         // SAFETY: `arg` is a live uffdio_writeprotect, which UFFDIO_WRITEPROTECT reads.
