@@ -1,5 +1,5 @@
 //! Memory-management syscalls (mmap(2), munmap(2), mprotect(2),
-//! madvise(2)) and a reader for `/proc/self/maps` (proc_pid_maps(5)).
+//! madvise(2), mincore(2)) and a reader for `/proc/self/maps` (proc_pid_maps(5)).
 
 use std::io;
 
@@ -48,6 +48,15 @@ pub fn advise(addr: usize, len: usize, advice: i32) -> io::Result<()> {
     // SAFETY: the advice values used by this crate do not discard data,
     // so no Rust-visible memory changes.
     cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) }.into()).map(drop)
+}
+
+/// True if the page at `addr` (page aligned) is mapped: mincore(2) fails
+/// with `ENOMEM` exactly for unmapped addresses. Allocates nothing.
+pub fn page_is_mapped(addr: usize) -> bool {
+    let mut vec = [0u8; 1];
+    // SAFETY: mincore writes one byte per page of the one-page range into
+    // `vec`, which has room for it; it never touches the page itself.
+    unsafe { libc::mincore(addr as *mut libc::c_void, 1, vec.as_mut_ptr()) == 0 }
 }
 
 /// One line of `/proc/self/maps`.
