@@ -11,7 +11,7 @@
 //! Layers, each depending only on those below: [`capi`] (argument checks,
 //! errno) → [`api`] (selection, validation, regions) → [`backend`] (one
 //! kernel mechanism each) → [`sys`] (syscalls, ioctls, `/proc`). Beside
-//! them: [`registry`], [`page`], [`stats`], [`bitmap`].
+//! them: [`registry`], [`signal`], [`page`], [`stats`], [`bitmap`].
 //!
 //! Nothing runs at load time: the backend is probed and chosen on first use.
 
@@ -22,6 +22,7 @@ pub mod capi;
 pub mod error;
 pub mod page;
 pub mod registry;
+pub mod signal;
 pub mod stats;
 pub mod sys;
 

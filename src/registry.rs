@@ -130,3 +130,29 @@ pub fn remove_if(base: usize, pred: impl FnOnce(&Region) -> bool) -> Option<Arc<
 pub fn any_overlapping(range: &PageRange) -> bool {
     !overlapping(range).is_empty()
 }
+
+/// Runs `f` on the region containing `addr`, for the SIGSEGV handler: it
+/// never blocks and never allocates (no `Arc` is cloned, so no region can
+/// be dropped here). The registry lock is only *tried* (recursively, so it
+/// succeeds while other readers hold it even if a writer waits) and
+/// retried with `sched_yield` while an insert or removal holds it; after
+/// about a million failed tries it gives up and returns `None`.
+///
+/// Interim: the mprotect branch brings a lock-free snapshot for the
+/// handler (see `crate::signal`), which replaces this.
+pub(crate) fn with_region_at<R>(addr: usize, f: impl FnOnce(&Region) -> R) -> Option<R> {
+    let mut tries = 0u32;
+    let regions = loop {
+        if let Some(g) = REGIONS.try_read_recursive() {
+            break g;
+        }
+        tries += 1;
+        if tries > 1 << 20 {
+            return None;
+        }
+        crate::sys::yield_now();
+    };
+    let i = regions.partition_point(|r| r.range.start <= addr);
+    let r = regions.get(i.checked_sub(1)?)?;
+    (addr < r.range.end).then(|| f(r))
+}
