@@ -131,9 +131,14 @@ fn add_region(b: &'static dyn Backend, range: PageRange, origin: Origin) -> Resu
     // Huge pages would make tracking 2 MiB coarse (soft-dirty) or force
     // splits on first write (uffd-wp); keep watched memory at 4 KiB.
     let _ = mm::advise(range.start, range.len(), libc::MADV_NOHUGEPAGE);
-    b.watch(&region, origin != Origin::Watch)?;
-    if let Err(e) = registry::insert(region.clone()) {
-        let _ = b.unwatch(&region);
+    // Registered before the backend starts watching, so that there is no
+    // moment when the region is watched but invisible in the registry: the
+    // soft-dirty backend's clears act on the whole process and must
+    // harvest (and guard) every region they might clear; see
+    // backend/soft_dirty.rs, "Born clean".
+    registry::insert(region.clone())?;
+    if let Err(e) = b.watch(&region, origin != Origin::Watch) {
+        registry::remove_if(range.start, |r| std::ptr::eq(r, &*region));
         return Err(e);
     }
     stats::add(&REGIONS, 1);
