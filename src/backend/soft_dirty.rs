@@ -53,10 +53,13 @@
 //!    protection is writable (the per-page `readonly` record kept from
 //!    `ww_protect`), except pages prepared for kernel writes (`sticky`, see
 //!    below). `PROT_EXEC` is kept where the caller had it.
-//! 3. Hash the sticky pages that may end the gap unwritten; harvest all
-//!    regions; check the sentinel (see "Interference"); choose the returned
+//! 3. (Before step 2, harvest every region once: see "VMA merges".) Per
+//!    region, hash the sticky pages that may end the gap unwritten and
+//!    harvest; check the sentinel (see "Interference"); choose the returned
 //!    pages; `clear_refs`; dirty the sentinel; clear the `written` bits
-//!    being reset; mark written every hashed page whose content changed.
+//!    being reset; mark written every hashed page whose content changed,
+//!    and every page that sits in a writable mapping now (see "Mappings
+//!    changed during the gap").
 //! 4. Restore every page it protected to exactly the caller's protection,
 //!    then make `GEN` even ("gap closed") and release the mutex.
 //!
@@ -76,8 +79,8 @@
 //! buffers were allocated before, the caller's array is written after; it
 //! only reads prepared pages, which are never protected), takes no lock
 //! another thread could hold while writing watched memory (no malloc, no
-//! registry lock: only `mprotect`, `mincore`, `pread`, `open`/`write`/
-//! `close` and atomics), and has all signals blocked: a host
+//! registry lock: only `mprotect`, `mincore`, `pread`, `open`/`read`/
+//! `write`/`close` and atomics), and has all signals blocked: a host
 //! signal handler that writes watched memory therefore cannot run on it
 //! and spin forever waiting for its own gap; it runs once the mutex is
 //! released.
@@ -103,6 +106,35 @@
 //! lands inside that window *and* leaves the page's bytes as they were:
 //! the one write this backend cannot see. The cost is reading such pages
 //! twice per gap, for as long as the region lives.
+//!
+//! **Mappings changed during the gap.** The protection is on the VMAs that
+//! existed when the gap opened. A mapping the caller moves or maps into a
+//! region while the gap is open (`mremap`, `MAP_FIXED`, a decommit and
+//! recommit) arrives writable, and a write to it before the clear would be
+//! wiped (seen on 6.12: an `mremap` into a region racing another thread's
+//! reset lost the next write). So right after the clear the gap reads
+//! `/proc/self/maps` (into a buffer sized before the gap) and marks written
+//! every non-prepared page of a region that lies in a writable VMA. Normally
+//! there is none; if the text does not fit, every page is marked written.
+//! One more round (protect, harvest, clear, check) then follows, up to
+//! four, so that no mapping that arrived during the gap still carries
+//! `VM_SOFTDIRTY` when protections are restored (see "VMA merges"). Left
+//! open: a mapping that was writable during the window and is made
+//! non-writable again before that read.
+//!
+//! **VMA merges** (6.1 to 6.18). For a VMA flagged `VM_SOFTDIRTY`, the
+//! kernel considers soft-dirty tracking off: `mprotect(RW)` may make clean
+//! PTEs writable without a fault (`can_change_pte_writable`), so writes to
+//! them set no PTE bit and only the VMA flag records them. VMA merges
+//! ignore the flag and keep the surviving VMA's flags, so a later merge can
+//! drop it, and those writes read clean (upstream "mm: propagate
+//! VM_SOFTDIRTY on merge", 6.19). Our own `mprotect` calls merge VMAs, so
+//! every gap first harvests all regions *before* protecting them (a flagged
+//! VMA reads dirty on every page, so its pages stay marked whatever is
+//! written to them afterwards), and `ww_protect` harvests the region and
+//! its neighbours before its `mprotect`. Merges made by the caller outside
+//! the library (raw `mprotect`/`madvise` on or next to watched memory) can
+//! still drop the flag on these kernels.
 //!
 //! # Born clean
 //!
@@ -152,6 +184,15 @@
 //! (shmem) memory loses the bit when a page is swapped out, so a write to
 //! shared watched memory that is swapped out before the next harvest can be
 //! missed (pagemap.rst); private anonymous memory keeps it in the swap entry.
+//!
+//! While a gap is open, `/proc/self/maps` shows watched read-write pages
+//! as read-only. A watched mapping grown in place (`mremap` without
+//! `MREMAP_MAYMOVE`) while another thread's gap is open grows read-only;
+//! the gap gives the grown part the caller's protection back when it
+//! closes, but a write to the grown part before that faults outside every
+//! region, is not a write-watch fault, and kills the process like any
+//! other. Grow watched memory with `MREMAP_MAYMOVE` (and watch again), or
+//! watch the whole reservation up front.
 
 use std::any::Any;
 use std::io;
@@ -174,12 +215,27 @@ use crate::sys::{self, SignalsBlocked, mm};
 const PAGEMAP_BATCH: usize = 512;
 /// `PAGEMAP_SCAN` output entries per call (3 KiB of stack).
 const SCAN_BUF: usize = 128;
+/// Protect-harvest-clear rounds per gap at most (see
+/// [`SoftDirty::protect_harvest_clear`]).
+const MAX_ROUNDS: usize = 4;
 /// Faults claimed per gap generation after the gap closed (see [`on_fault`]).
 const LATE_CLAIMS_PER_GEN: u64 = 1 << 14;
 
 /// Serializes clears and every change to the per-page records. Only ever
 /// held with all signals blocked on the holding thread (see [`Held`]).
-static CLEAR: Mutex<()> = Mutex::new(());
+/// Guards the gap's reusable scratch space.
+static CLEAR: Mutex<Scratch> = Mutex::new(Scratch {
+    maps: Vec::new(),
+    maps_len: 0,
+});
+
+/// Buffers a gap needs, kept across gaps (a gap must not allocate).
+struct Scratch {
+    /// `/proc/self/maps` text read right after the clear.
+    maps: Vec<u8>,
+    /// Length of that text last time (to size the buffer).
+    maps_len: usize,
+}
 
 /// Gap generation: odd while a gap is open (pages protected), even
 /// otherwise. Written only under [`CLEAR`]; read by [`on_fault`].
@@ -303,14 +359,14 @@ fn page_is_soft_dirty(page: usize) -> io::Result<bool> {
 /// [`CLEAR`] held with every signal blocked on this thread. Fields drop in
 /// order: the mutex is released before the signal mask is restored.
 struct Held {
-    _guard: MutexGuard<'static, ()>,
+    scratch: MutexGuard<'static, Scratch>,
     _signals: SignalsBlocked,
 }
 
 fn hold() -> Held {
     let signals = sys::block_signals();
     Held {
-        _guard: CLEAR.lock(),
+        scratch: CLEAR.lock(),
         _signals: signals,
     }
 }
@@ -414,6 +470,51 @@ fn hash_list(list: &[Arc<Region>], plan: &Plan<'_>) -> Vec<Hashed> {
     out
 }
 
+/// After a clear: the gap protected every writable, unprepared page, but
+/// a mapping the caller moved or mapped into a region while the gap was
+/// open (`mremap`, `MAP_FIXED`, decommit/recommit) is not protected, and a
+/// write to it before the clear was wiped. So every page of a region that
+/// lies in a writable VMA now, and is not a prepared page (those are
+/// writable on purpose and compared by content), is marked written. If
+/// `/proc/self/maps` cannot be read or does not fit the buffer, every page
+/// of every region is marked written instead. Returns whether such a
+/// writable mapping was found (the gap then runs another round). Allocates
+/// nothing.
+fn mark_writable_vmas(list: &[Arc<Region>], scratch: &mut Scratch) -> bool {
+    let complete = mm::read_maps_into(&mut scratch.maps).unwrap_or(false);
+    scratch.maps_len = if complete {
+        scratch.maps.len()
+    } else {
+        2 * scratch.maps.capacity()
+    };
+    let ps = page_size();
+    let mut found = false;
+    for r in list {
+        let Some(st) = r.state.downcast_ref::<State>() else {
+            continue;
+        };
+        if !complete {
+            st.written.set_range(0, st.pages);
+            continue;
+        }
+        let PageRange { start, end } = r.range;
+        for (vs, ve, writable) in mm::maps_ranges(&scratch.maps) {
+            let (s, e) = (vs.max(start), ve.min(end));
+            if !writable || s >= e {
+                continue;
+            }
+            let (from, to) = ((s - start) / ps, (e - start).div_ceil(ps));
+            let word = |w: usize| !st.sticky.word(w);
+            for_each_run_in_words(word, from, to, |a, b| {
+                st.written.set_range(a, b);
+                found = true;
+                true
+            });
+        }
+    }
+    found
+}
+
 /// The bits of word `w` that lie in `[lo, hi)`.
 fn range_mask(w: usize, lo: usize, hi: usize) -> u64 {
     let (start, end) = (w * 64, w * 64 + 64);
@@ -508,19 +609,34 @@ impl SoftDirty {
         Ok(true)
     }
 
-    /// Runs one gap (module docs, "The gap"). `_held` proves [`CLEAR`] is
-    /// held with signals blocked; `list` is every registered region, taken
-    /// under it; `hashed` comes from [`hash_list`] for the same list and
-    /// plan. Allocates nothing.
+    /// Runs one gap (module docs, "The gap"). `held` is [`CLEAR`], held with
+    /// signals blocked; `list` is every registered region, taken under it;
+    /// `hashed` comes from [`hash_list`] for the same list and plan. Sizes
+    /// the scratch buffer, then allocates nothing while the gap is open.
     fn gap(
         &self,
-        _held: &Held,
+        held: &mut Held,
         list: &[Arc<Region>],
         plan: &Plan<'_>,
         hashed: &mut [Hashed],
     ) -> Result<()> {
+        let scratch = &mut *held.scratch;
+        if scratch.maps_len == 0 {
+            scratch.maps_len = std::fs::read("/proc/self/maps").map_or(0, |t| t.len());
+        }
+        let want = 2 * scratch.maps_len + (64 << 10);
+        scratch.maps.clear();
+        scratch.maps.reserve(want);
+        // Regions whose next page is not read-only now: if it is read-only
+        // after the gap, their mapping grew while protected.
+        let complete = mm::read_maps_into(&mut scratch.maps).unwrap_or(false);
+        let open_tail: Vec<bool> = list
+            .iter()
+            .map(|r| complete && gap_like_tail(r, &scratch.maps).is_none())
+            .collect();
+
         GEN.fetch_add(1, Ordering::SeqCst); // odd: open
-        let result = self.protect_harvest_clear(list, plan, hashed);
+        let result = self.protect_harvest_clear(list, plan, hashed, scratch);
         // Restore every region, also after a failure part-way (restoring a
         // page that was not protected is a no-op).
         for r in list {
@@ -528,6 +644,7 @@ impl SoftDirty {
                 restore_or_abort(r, st);
             }
         }
+        restore_grown_tails(list, &open_tail, scratch);
         GEN.fetch_add(1, Ordering::SeqCst); // even: closed
         result
     }
@@ -537,48 +654,96 @@ impl SoftDirty {
         list: &[Arc<Region>],
         plan: &Plan<'_>,
         hashed: &mut [Hashed],
+        scratch: &mut Scratch,
     ) -> Result<()> {
-        for r in list {
-            if let Some(st) = r.state.downcast_ref::<State>() {
-                set_gap_protection(r, st, true)?;
+        // Pre-harvest, before our own mprotect calls can merge VMAs and drop
+        // a VM_SOFTDIRTY flag (module docs, "VMA merges").
+        self.harvest_all(list, plan, &mut [])?;
+        for round in 0..MAX_ROUNDS {
+            for r in list {
+                if let Some(st) = r.state.downcast_ref::<State>() {
+                    set_gap_protection(r, st, true)?;
+                }
+            }
+            self.harvest_all(list, plan, hashed)?;
+            self.foreign_clear_check(list)?;
+            if round == 0
+                && let Plan::Take {
+                    r,
+                    from,
+                    to,
+                    limit,
+                    taken,
+                } = *plan
+            {
+                choose(&state(r).written, from, to, limit, taken);
+            }
+
+            pagemap::clear_soft_dirty()?;
+            touch(self.sentinel);
+
+            if round == 0 {
+                self.apply_reset(plan);
+            }
+            // Sticky pages stayed writable through the gap: one whose
+            // content changed since before its harvest was written in it.
+            let ps = page_size();
+            for h in hashed.iter() {
+                let r = &list[h.region];
+                if h.mapped && hash_page(r.range.start + h.page * ps) != h.hash {
+                    state(r).written.set(h.page);
+                }
+            }
+            // A mapping that arrived during the gap was not protected: its
+            // pages are marked written, and one more round protects it and
+            // clears its VM_SOFTDIRTY before protections are restored.
+            if !mark_writable_vmas(list, scratch) {
+                break;
             }
         }
+        Ok(())
+    }
+
+    /// Harvests every region of `list`, skipping the pages a Watch or Reset
+    /// plan resets anyway; first hashes the prepared pages of each region
+    /// that are in `hashed` (which is in region order).
+    fn harvest_all(
+        &self,
+        list: &[Arc<Region>],
+        plan: &Plan<'_>,
+        hashed: &mut [Hashed],
+    ) -> Result<()> {
         let ps = page_size();
-        for h in hashed.iter_mut() {
-            let addr = list[h.region].range.start + h.page * ps;
-            h.mapped = mm::page_is_mapped(addr);
-            if h.mapped {
-                h.hash = hash_page(addr);
-            }
-        }
         let (scope_r, lo, hi) = plan.scope();
-        for r in list {
+        let mut next_hashed = 0;
+        for (i, r) in list.iter().enumerate() {
             let Some(st) = r.state.downcast_ref::<State>() else {
                 continue;
             };
+            // Hash right before the harvest: a write in between is seen
+            // twice (bit and content; a duplicate report), so the shorter
+            // the better.
+            while let Some(h) = hashed.get_mut(next_hashed).filter(|h| h.region == i) {
+                let addr = r.range.start + h.page * ps;
+                h.mapped = mm::page_is_mapped(addr);
+                if h.mapped {
+                    h.hash = hash_page(addr);
+                }
+                next_hashed += 1;
+            }
             if std::ptr::eq(r.as_ref(), scope_r) && !matches!(plan, Plan::Take { .. }) {
-                // Pages about to be reset need no harvest.
                 self.harvest(r, st, 0, lo)?;
                 self.harvest(r, st, hi, st.pages)?;
             } else {
                 self.harvest(r, st, 0, st.pages)?;
             }
         }
-        self.foreign_clear_check(list)?;
-        if let Plan::Take {
-            r,
-            from,
-            to,
-            limit,
-            taken,
-        } = *plan
-        {
-            choose(&state(r).written, from, to, limit, taken);
-        }
+        Ok(())
+    }
 
-        pagemap::clear_soft_dirty()?;
-        touch(self.sentinel);
-
+    /// Clears the `written` bits the plan resets (after the clear).
+    fn apply_reset(&self, plan: &Plan<'_>) {
+        let (_, lo, hi) = plan.scope();
         match *plan {
             Plan::Watch { r } | Plan::Reset { r, .. } => state(r).written.clear_range(lo, hi),
             Plan::Take {
@@ -591,15 +756,6 @@ impl SoftDirty {
                 });
             }
         }
-        // Sticky pages stayed writable through the gap: one whose content
-        // changed since before the harvest was written in it.
-        for h in hashed.iter() {
-            let r = &list[h.region];
-            if h.mapped && hash_page(r.range.start + h.page * ps) != h.hash {
-                state(r).written.set(h.page);
-            }
-        }
-        Ok(())
     }
 
     /// Reports the written pages of `[from, to)` into `sink` (no reset).
@@ -692,6 +848,66 @@ fn set_gap_protection(r: &Region, st: &State, on: bool) -> io::Result<()> {
     first_err.map_or(Ok(()), Err)
 }
 
+/// A mapping grown in place (`mremap` without `MREMAP_MAYMOVE`) while the
+/// gap had its last pages read-only grows with *that* protection, past the
+/// region where the restore does not reach. Called after the regions were
+/// restored (which splits such a VMA at the region's end): for every region
+/// whose next page was not read-only when the gap opened and now starts a
+/// VMA with exactly the protection the gap gives the region's last page,
+/// that VMA grew while protected (growing later inherits the restored
+/// protection), so it gets the caller's protection of the last page. It
+/// misjudges only memory right after a region that another thread made
+/// read-only, or mapped read-only, while the gap was open: that becomes
+/// writable. (A write to the grown part while the gap is still open
+/// faults outside any region and is not ours: module docs, "Costs and
+/// limits".)
+fn restore_grown_tails(list: &[Arc<Region>], open_tail: &[bool], scratch: &mut Scratch) {
+    let candidates = || {
+        list.iter()
+            .zip(open_tail)
+            .filter(|(r, open)| **open && mm::page_is_mapped(r.range.end))
+    };
+    if candidates().next().is_none() || !mm::read_maps_into(&mut scratch.maps).unwrap_or(false) {
+        return;
+    }
+    for (r, _) in candidates() {
+        let Some(st) = r.state.downcast_ref::<State>() else {
+            continue;
+        };
+        let Some(vma_end) = gap_like_tail(r, &scratch.maps) else {
+            continue;
+        };
+        let end = r.range.end;
+        let mut prot = libc::PROT_READ | libc::PROT_WRITE;
+        if st.exec.try_get(st.pages - 1) == Some(true) {
+            prot |= libc::PROT_EXEC;
+        }
+        // SAFETY: the tail is the caller's mapping, grown while our gap had
+        // it read-only; this gives it the protection it was grown with (the
+        // caller's protection of the region's last page).
+        let _ = unsafe { mm::protect(end, vma_end - end, prot) };
+    }
+}
+
+/// If the VMA at `r`'s end starts there and has exactly the protection a
+/// gap gives `r`'s last page (read-only, `PROT_EXEC` as the caller has it),
+/// and that page is caller-writable: the VMA's end.
+fn gap_like_tail(r: &Region, maps: &[u8]) -> Option<usize> {
+    let st = r.state.downcast_ref::<State>()?;
+    let last = st.pages.checked_sub(1)?;
+    if st.readonly.try_get(last) != Some(false) {
+        return None;
+    }
+    let exec = if st.exec.try_get(last) == Some(true) {
+        b'x'
+    } else {
+        b'-'
+    };
+    let end = r.range.end;
+    let (start, vma_end, perms) = mm::maps_perms(maps).find(|&(s, e, _)| s <= end && end < e)?;
+    (start == end && perms[..3] == [b'r', b'-', exec]).then_some(vma_end)
+}
+
 /// Restores the caller's protection after a gap. Writers are waiting for
 /// it; if `mprotect` keeps failing they would wait forever, so after many
 /// tries this aborts the process with a message instead.
@@ -731,11 +947,11 @@ impl Backend for SoftDirty {
     }
 
     fn watch(&self, r: &Region, _fresh: bool) -> Result<()> {
-        let held = hold();
+        let mut held = hold();
         let list = registry::all();
         let plan = Plan::Watch { r };
         let mut hashed = hash_list(&list, &plan);
-        self.gap(&held, &list, &plan, &mut hashed)
+        self.gap(&mut held, &list, &plan, &mut hashed)
     }
 
     fn unwatch(&self, _r: &Region) -> Result<()> {
@@ -767,7 +983,7 @@ impl Backend for SoftDirty {
         }
         let taken = AtomicBitmap::new(to - from);
         {
-            let held = hold();
+            let mut held = hold();
             let list = registry::all();
             let plan = Plan::Take {
                 r,
@@ -777,7 +993,7 @@ impl Backend for SoftDirty {
                 taken: &taken,
             };
             let mut hashed = hash_list(&list, &plan);
-            self.gap(&held, &list, &plan, &mut hashed)?;
+            self.gap(&mut held, &list, &plan, &mut hashed)?;
         }
         // The caller's array may be watched memory: filled after the gap.
         let (base, ps) = (range.start, page_size());
@@ -792,11 +1008,11 @@ impl Backend for SoftDirty {
 
     fn reset(&self, r: &Region, range: PageRange) -> Result<()> {
         let (from, to) = (r.page_index(range.start), r.page_index(range.end));
-        let held = hold();
+        let mut held = hold();
         let list = registry::all();
         let plan = Plan::Reset { r, from, to };
         let mut hashed = hash_list(&list, &plan);
-        self.gap(&held, &list, &plan, &mut hashed)
+        self.gap(&mut held, &list, &plan, &mut hashed)
     }
 
     fn protect(&self, r: &Region, range: PageRange, prot: i32) -> Result<()> {
@@ -804,8 +1020,25 @@ impl Backend for SoftDirty {
         let (from, to) = (r.page_index(range.start), r.page_index(range.end));
         // Under CLEAR no gap is open, so the pages have the caller's
         // protection and the record changes together with it. Soft-dirty
-        // bits live in the PTEs and survive mprotect(2).
+        // bits live in the PTEs and survive mprotect(2), but the VMA merge
+        // it may cause can drop a VM_SOFTDIRTY flag (module docs, "VMA
+        // merges"): harvest this region and the regions next to the range
+        // first.
         let _held = hold();
+        self.harvest(r, st, 0, st.pages)?;
+        let ps = page_size();
+        for addr in [range.start.checked_sub(ps), Some(range.end)]
+            .into_iter()
+            .flatten()
+        {
+            let near = PageRange::new(addr, addr + ps);
+            if let Some(n) =
+                registry::find_containing(&near).filter(|n| !std::ptr::eq(n.as_ref(), r))
+            {
+                let nst = state(&n);
+                self.harvest(&n, nst, 0, nst.pages)?;
+            }
+        }
         // SAFETY: the API layer checked that `range` is watched memory; the
         // caller asked for this protection.
         unsafe { mm::protect(range.start, range.len(), prot) }?;
