@@ -223,6 +223,25 @@ impl Rng {
     }
 }
 
+/// Sets its flag when dropped, also while a test panics, so helper threads
+/// in a `thread::scope` stop and the failure is reported instead of hanging.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Decrements its counter when dropped (a thread finished, or panicked).
+struct DoneOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for DoneOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn iterations(default: usize) -> usize {
     std::env::var("WW_SD_ITERS")
         .ok()
@@ -359,11 +378,12 @@ fn win32_semantics() {
 
 /// `ww_prepare_kernel_write` + read(2): the kernel's write works and is
 /// reported; a get-with-reset makes the page clean again. Kernel writes
-/// outside gaps need no preparation on this backend.
+/// outside gaps need no preparation on this backend. Exclusive: another
+/// test's gap would make the unprepared read(2) fail (see the next test).
 #[test]
 fn kernel_write_with_and_without_prepare() {
     require_soft_dirty!();
-    let _g = shared();
+    let _g = exclusive();
     let m = WatchedAlloc::new(16 * ps()).unwrap();
     let b = m.as_ptr() as usize;
     writewatch::prepare_kernel_write(b + 2 * ps() + 100, 3 * ps()).unwrap();
@@ -375,6 +395,51 @@ fn kernel_write_with_and_without_prepare() {
     );
     assert_eq!(read_zero(b + 9 * ps(), 10).unwrap(), 10);
     assert_eq!(all(b, 16, true), vec![9]);
+}
+
+/// What a kernel write experiences while other threads reset: read(2) into
+/// an unprepared watched page fails with EFAULT if it lands inside a gap
+/// (counted and printed, may be 0); into a prepared page it never fails,
+/// even though the prepared pages themselves are being reset, and every
+/// read is reported.
+#[test]
+fn kernel_writes_during_gaps() {
+    require_soft_dirty!();
+    let _g = shared();
+    let a = WatchedAlloc::new(16 * ps()).unwrap();
+    let other = WatchedAlloc::new(16 * ps()).unwrap();
+    let (ab, ob) = (a.as_ptr() as usize, other.as_ptr() as usize);
+    let stop = AtomicBool::new(false);
+    let n = iterations(2000);
+    let (mut unprepared_efault, mut prepared_efault) = (0, 0);
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| {
+            while !stop.load(Ordering::Acquire) {
+                all(ob, 16, true);
+                all(ab, 8, true); // resets A's prepared half too
+            }
+        });
+        for i in 0..n {
+            // Pages 8..16 unprepared, 0..8 prepared once up front.
+            if i == 0 {
+                writewatch::prepare_kernel_write(ab, 8 * ps()).unwrap();
+            }
+            match read_zero(ab + (8 + i % 8) * ps(), 64) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EFAULT) => unprepared_efault += 1,
+                Err(e) => panic!("read(2): {e}"),
+            }
+            if read_zero(ab + (i % 8) * ps(), 64).is_err() {
+                prepared_efault += 1;
+            }
+        }
+    });
+    println!(
+        "read(2) during concurrent gaps: unprepared pages {unprepared_efault}/{n} EFAULT, \
+         prepared pages {prepared_efault}/{n} EFAULT"
+    );
+    assert_eq!(prepared_efault, 0, "a prepared page must never EFAULT");
 }
 
 // ---------------------------------------------------------------------------
@@ -572,6 +637,7 @@ fn concurrent_writers_two_regions_no_lost_write() {
                 for k in 0..2 {
                     let running = &running;
                     s.spawn(move || {
+                        let _done = DoneOnDrop(running);
                         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (round * 4 + k + base) as u64);
                         let limit = PAGES - KPAGES;
                         for p in (k..limit).step_by(2) {
@@ -583,12 +649,12 @@ fn concurrent_writers_two_regions_no_lost_write() {
                                 std::thread::yield_now();
                             }
                         }
-                        running.fetch_sub(1, Ordering::AcqRel);
                     });
                 }
             }
             let (running, wa, wb) = (&running, &wa, &wb);
             s.spawn(move || {
+                let _done = DoneOnDrop(running);
                 // read(2) from a pipe into prepared pages of A (being reset
                 // concurrently) and B; every read brings new bytes.
                 let mut fds = [0; 2];
@@ -613,7 +679,6 @@ fn concurrent_writers_two_regions_no_lost_write() {
                 unsafe { libc::close(fds[0]) };
                 // SAFETY: as above.
                 unsafe { libc::close(fds[1]) };
-                running.fetch_sub(1, Ordering::AcqRel);
             });
             let mut rng = Rng(0xabcd_ef01 ^ round as u64);
             while running.load(Ordering::Acquire) > 0 {
@@ -687,6 +752,7 @@ fn prepared_pages_stay_exact_under_writes() {
     let (mut gets, mut reported) = (0, 0);
     let start = Instant::now();
     std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         s.spawn(|| {
             let mut rng = Rng(99);
             while !stop.load(Ordering::Acquire) {
@@ -704,7 +770,6 @@ fn prepared_pages_stay_exact_under_writes() {
             }
             gets += 1;
         }
-        stop.store(true, Ordering::Release);
     });
     let last = all(base, PAGES, false);
     for (p, &rec) in recorded.iter().enumerate() {
@@ -734,8 +799,9 @@ fn writer_is_held_during_gap_and_retried() {
     let stop = AtomicBool::new(false);
     let seq = AtomicU64::new(0);
     let start = Instant::now();
-    let mut resets = 0;
+    let (mut resets, mut last_seq) = (0, 0);
     std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         s.spawn(|| {
             let mut rng = Rng(77);
             while !stop.load(Ordering::Acquire) {
@@ -749,14 +815,22 @@ fn writer_is_held_during_gap_and_retried() {
             && (writewatch::stats().faults_handled - faults0 < 20 || resets < 20)
         {
             all(base, PAGES, true);
+            // Every write that got a sequence number after this reset
+            // returned happened after it, so must be reported later.
+            last_seq = seq.load(Ordering::Acquire);
             resets += 1;
         }
-        stop.store(true, Ordering::Release);
     });
-    // Everything written after the last reset is reported: the pages whose
-    // value is newer than the sequence number when that reset was taken
-    // cannot be checked without a log, so check the simplest invariant:
-    // one more write is reported exactly.
+    let got = all(base, PAGES, false);
+    for p in 0..PAGES {
+        // SAFETY: an aligned u64 inside our region; the writer has stopped.
+        let v = unsafe { std::ptr::read_volatile((base + p * ps()) as *const u64) };
+        assert!(
+            v <= last_seq || got.contains(&p),
+            "write #{v} to page {p} lost"
+        );
+    }
+    // And tracking is exact once writers stop.
     all(base, PAGES, true);
     poke(base + 17 * ps(), 1);
     assert_eq!(all(base, PAGES, false), vec![17]);
@@ -936,7 +1010,14 @@ fn trap_mremap() {
     assert!(all(b, 16, false).is_empty());
     poke(b + 2 * ps(), 1);
     // Grow the mapping in place past the region (its last VMA: mremap's
-    // old range must lie in one VMA, and pages 2..4 are another now).
+    // old range must lie in one VMA, and pages 2..4 are another now). Not
+    // while another test's gap may have the region read-only: the grown
+    // part would be read-only until that gap ends, and the write to page 20
+    // below (outside the region) would crash (see the module docs).
+    let _alone = {
+        drop(_g);
+        exclusive()
+    };
     let last = b + 4 * ps();
     // SAFETY: grows our own mapping into the hole we made; no move.
     let g = unsafe { libc::mremap(last as *mut _, 12 * ps(), 28 * ps(), 0) };
@@ -956,6 +1037,112 @@ fn trap_mremap() {
     assert_eq!(all(b, 16, false), vec![13]);
     drop(w);
     drop(m.shrink(32 * ps())); // the mapping grew
+}
+
+/// Decommit/recommit and moves racing other threads' resets: this thread
+/// maps fresh memory over a page of a ww_watch region (`MAP_FIXED`, or
+/// `mremap` of another mapping) and writes it, while another thread keeps
+/// resetting a different region (every reset is a process-wide clear in a
+/// gap). A remap inside a gap lands unprotected; its write must still be
+/// reported.
+#[test]
+fn remap_during_gap_loses_no_write() {
+    require_soft_dirty!();
+    let _g = shared();
+    const PAGES: usize = 8;
+    let m = Mmap::new(PAGES * ps());
+    let w = watch(&m);
+    let other = WatchedAlloc::new(4 * ps()).unwrap();
+    let ob = other.as_ptr() as usize;
+    let stop = AtomicBool::new(false);
+    let n = iterations(1500);
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| {
+            while !stop.load(Ordering::Acquire) {
+                poke(ob, 1);
+                all(ob, 4, true);
+            }
+        });
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        for i in 0..n {
+            let p = 1 + i % (PAGES - 2);
+            let addr = m.base + p * ps();
+            all(m.base, PAGES, true);
+            if i % 2 == 0 {
+                let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
+                // SAFETY: replaces one page of our own mapping.
+                let q = unsafe { libc::mmap(addr as *mut _, ps(), prot, flags, -1, 0) };
+                assert_eq!(q as usize, addr);
+            } else {
+                let src = Mmap::new(ps());
+                let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+                // SAFETY: moves our one-page mapping over one page of ours.
+                let q = unsafe { libc::mremap(src.base as *mut _, ps(), ps(), flags, addr) };
+                assert_eq!(q as usize, addr);
+                std::mem::forget(src);
+            }
+            poke(addr + 8, i as u8);
+            let got = all(m.base, PAGES, false);
+            assert!(
+                got.contains(&p),
+                "iteration {i}: write after remap of page {p} lost: {got:?}"
+            );
+        }
+    });
+    println!("{n} remaps + writes racing resets of another region: none lost");
+    drop(w);
+}
+
+/// A watched mapping grown in place while another thread's gap has it
+/// read-only grows read-only; when that gap closes the grown part must get
+/// the caller's protection back (read-write here), not stay read-only.
+#[test]
+fn grown_mapping_gets_its_protection_back() {
+    require_soft_dirty!();
+    let _g = shared();
+    const PAGES: usize = 4;
+    let m = Mmap::new((PAGES + 1) * ps());
+    let tail = m.base + PAGES * ps();
+    // SAFETY: unmaps the last page of our own mapping.
+    unsafe { libc::munmap(tail as *mut libc::c_void, ps()) };
+    let m = m.shrink(PAGES * ps());
+    let w = watch(&m);
+    let other = WatchedAlloc::new(ps()).unwrap();
+    let ob = other.as_ptr() as usize;
+    let stop = AtomicBool::new(false);
+    let (mut grown, mut busy) = (0, 0);
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| {
+            while !stop.load(Ordering::Acquire) {
+                all(ob, 1, true);
+            }
+        });
+        for _ in 0..iterations(300) {
+            // SAFETY: grows our own mapping into the page we unmapped; no move.
+            let g = unsafe { libc::mremap(m.base as *mut _, PAGES * ps(), (PAGES + 1) * ps(), 0) };
+            if g == libc::MAP_FAILED {
+                busy += 1; // someone mapped the page after ours meanwhile
+                continue;
+            }
+            grown += 1;
+            // Our own reset waits for any gap that overlapped the growth.
+            all(m.base, PAGES, true);
+            assert_eq!(
+                perms(tail),
+                "rw-p",
+                "grown part left with the gap's protection"
+            );
+            poke(tail, 1);
+            // SAFETY: shrinks our mapping back (the grown page is not watched).
+            unsafe { libc::munmap(tail as *mut libc::c_void, ps()) };
+        }
+    });
+    println!(
+        "{grown} in-place growths racing resets: grown part always read-write afterwards ({busy} skipped)"
+    );
+    drop(w);
 }
 
 /// Huge pages that already back ww_watch memory (THP=always on Debian):
