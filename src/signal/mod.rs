@@ -8,7 +8,7 @@
 //! - [`install`]: idempotent; installs the handler once per process.
 //! - the handler: for a kernel-generated write fault (`SEGV_ACCERR`) at an
 //!   address inside a watched region it calls
-//!   [`crate::backend::soft_dirty::on_fault`]`(region, addr)`; `true`
+//!   `crate::backend::soft_dirty::on_fault(region, addr)`; `true`
 //!   means resolved (return, the write is retried). Anything else goes to
 //!   the previous handler.
 //!
