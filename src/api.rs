@@ -169,7 +169,9 @@ fn add_region(b: &'static dyn Backend, range: PageRange, origin: Origin) -> Resu
     let _ = mm::advise(range.start, range.len(), libc::MADV_NOHUGEPAGE);
     // Registered before the backend arms it: once a page is
     // write-protected, a write fault on it must find its region (a
-    // thread may be writing to memory passed to `watch` right now).
+    // thread may be writing to memory passed to `watch` right now), and
+    // the soft-dirty backend's process-wide clears must harvest every
+    // region they might clear (backend/soft_dirty.rs, "Born clean").
     registry::insert(region.clone())?;
     if let Err(e) = b.watch(&region, origin != Origin::Watch) {
         registry::remove(&region);

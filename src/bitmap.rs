@@ -81,34 +81,87 @@ impl AtomicBitmap {
     }
 
     fn next_matching(&self, from: usize, to: usize, want_clear: bool) -> Option<usize> {
-        let to = to.min(self.bits);
-        let mut i = from;
-        while i < to {
-            let w = i / 64;
-            let mut word = self.words[w].load(Ordering::Acquire);
-            if want_clear {
-                word = !word;
-            }
-            word &= u64::MAX << (i % 64);
-            if word != 0 {
-                let bit = w * 64 + word.trailing_zeros() as usize;
-                return (bit < to).then_some(bit);
-            }
-            i = (w + 1) * 64;
-        }
-        None
+        next_in_words(|w| self.word(w), from, to.min(self.bits), want_clear)
     }
 
     /// Calls `f(start, end)` for each maximal run of set bits in `[from, to)`.
-    pub fn for_each_run(&self, from: usize, to: usize, mut f: impl FnMut(usize, usize) -> bool) {
-        let mut i = from;
-        while let Some(s) = self.next_set(i, to) {
-            let e = self.next_clear(s, to).unwrap_or(to);
-            if !f(s, e) {
-                return;
-            }
-            i = e;
+    pub fn for_each_run(&self, from: usize, to: usize, f: impl FnMut(usize, usize) -> bool) {
+        for_each_run_in_words(|w| self.word(w), from, to.min(self.bits), f);
+    }
+
+    /// Number of 64-bit words (bit `i` is in word `i / 64`).
+    pub fn word_count(&self) -> usize {
+        self.words.len()
+    }
+
+    /// Word `w`: bits `64 * w ..` in its low-to-high bits. Bits at or past
+    /// [`len`](Self::len) are always zero.
+    pub fn word(&self, w: usize) -> u64 {
+        self.words[w].load(Ordering::Acquire)
+    }
+
+    /// Sets the bits of `mask` in word `w` (none may be at or past `len`).
+    pub fn or_word(&self, w: usize, mask: u64) {
+        self.words[w].fetch_or(mask, Ordering::AcqRel);
+    }
+
+    /// Bit `i`, or `None` if out of range. Never panics (for the fault
+    /// handler).
+    pub fn try_get(&self, i: usize) -> Option<bool> {
+        let word = self.words.get(i / 64)?;
+        (i < self.bits).then(|| word.load(Ordering::Acquire) & (1 << (i % 64)) != 0)
+    }
+
+    /// Sets bit `i` if it is in range. Never panics (for the fault handler).
+    pub fn try_set(&self, i: usize) {
+        if let (true, Some(word)) = (i < self.bits, self.words.get(i / 64)) {
+            word.fetch_or(1 << (i % 64), Ordering::AcqRel);
         }
+    }
+}
+
+/// The first bit in `[from, to)` that is set (or clear, `want_clear`) in
+/// the bit string whose word `w` is `word(w)`.
+fn next_in_words(
+    word: impl Fn(usize) -> u64,
+    from: usize,
+    to: usize,
+    want_clear: bool,
+) -> Option<usize> {
+    let mut i = from;
+    while i < to {
+        let w = i / 64;
+        let mut bits = word(w);
+        if want_clear {
+            bits = !bits;
+        }
+        bits &= u64::MAX << (i % 64);
+        if bits != 0 {
+            let bit = w * 64 + bits.trailing_zeros() as usize;
+            return (bit < to).then_some(bit);
+        }
+        i = (w + 1) * 64;
+    }
+    None
+}
+
+/// Calls `f(start, end)` for each maximal run of set bits in `[from, to)`
+/// of the bit string whose word `w` is `word(w)` (for strings computed
+/// from several bitmaps, e.g. `!a & b`), until `f` returns false. `word`
+/// is only called for words that overlap `[from, to)`.
+pub fn for_each_run_in_words(
+    word: impl Fn(usize) -> u64,
+    from: usize,
+    to: usize,
+    mut f: impl FnMut(usize, usize) -> bool,
+) {
+    let mut i = from;
+    while let Some(s) = next_in_words(&word, i, to, false) {
+        let e = next_in_words(&word, s, to, true).unwrap_or(to);
+        if !f(s, e) {
+            return;
+        }
+        i = e;
     }
 }
 
@@ -151,5 +204,33 @@ mod tests {
         assert!(b.clear(130) && !b.clear(130));
         assert_eq!(b.next_clear(65, 70), None);
         assert_eq!(b.next_set(131, 199), None);
+    }
+
+    #[test]
+    fn words_and_computed_runs() {
+        let a = AtomicBitmap::new(130);
+        let b = AtomicBitmap::new(130);
+        a.set_range(0, 130);
+        b.set_range(10, 20);
+        b.set(100);
+        assert_eq!(a.word_count(), 3);
+        assert_eq!(a.word(2), 0b11, "bits past len stay zero");
+        let mut runs = vec![];
+        for_each_run_in_words(
+            |w| a.word(w) & !b.word(w),
+            5,
+            130,
+            |s, e| {
+                runs.push((s, e));
+                true
+            },
+        );
+        assert_eq!(runs, vec![(5, 10), (20, 100), (101, 130)]);
+        b.or_word(1, 1 << 3);
+        assert_eq!(b.try_get(67), Some(true));
+        assert_eq!(b.try_get(130), None);
+        b.try_set(130); // out of range: ignored
+        b.try_set(129);
+        assert!(b.get(129));
     }
 }

@@ -1,5 +1,5 @@
 //! Memory-management syscalls (mmap(2), munmap(2), mprotect(2),
-//! madvise(2)) and a reader for `/proc/self/maps` (proc_pid_maps(5)).
+//! madvise(2), mincore(2)) and a reader for `/proc/self/maps` (proc_pid_maps(5)).
 
 use std::io;
 
@@ -48,6 +48,76 @@ pub fn advise(addr: usize, len: usize, advice: i32) -> io::Result<()> {
     // SAFETY: the advice values used by this crate do not discard data,
     // so no Rust-visible memory changes.
     cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) }.into()).map(drop)
+}
+
+/// True if the page at `addr` (page aligned) is mapped: mincore(2) fails
+/// with `ENOMEM` exactly for unmapped addresses. Allocates nothing.
+pub fn page_is_mapped(addr: usize) -> bool {
+    let mut vec = [0u8; 1];
+    // SAFETY: mincore writes one byte per page of the one-page range into
+    // `vec`, which has room for it; it never touches the page itself.
+    unsafe { libc::mincore(addr as *mut libc::c_void, 1, vec.as_mut_ptr()) == 0 }
+}
+
+/// Reads `/proc/self/maps` into `buf` (cleared first) without growing it:
+/// only its spare capacity is used, so this allocates nothing (for code
+/// that must not allocate). Returns `Ok(false)` if the text did not fit.
+pub fn read_maps_into(buf: &mut Vec<u8>) -> io::Result<bool> {
+    buf.clear();
+    let path = c"/proc/self/maps";
+    // SAFETY: `path` is NUL-terminated; open returns a new fd or -1.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }.into())?
+        as libc::c_int;
+    let result = loop {
+        let (len, spare) = (buf.len(), buf.capacity() - buf.len());
+        if spare == 0 {
+            break Ok(false);
+        }
+        // SAFETY: reads at most `spare` bytes into the vector's unused
+        // capacity, which is allocated and writable.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().add(len).cast(), spare) };
+        match n {
+            0 => break Ok(true),
+            n if n > 0 => {
+                // SAFETY: the kernel initialised `n <= spare` more bytes.
+                unsafe { buf.set_len(len + n as usize) };
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    break Err(e);
+                }
+            }
+        }
+    };
+    // SAFETY: `fd` is ours and not used after this.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// `(start, end, writable)` of each line of `/proc/self/maps` text, in
+/// address order, parsed without allocating.
+pub fn maps_ranges(text: &[u8]) -> impl Iterator<Item = (usize, usize, bool)> + '_ {
+    maps_perms(text).map(|(s, e, p)| (s, e, p[1] == b'w'))
+}
+
+/// `(start, end, perms)` (`b"rw-p"`) of each line of `/proc/self/maps`
+/// text, in address order, parsed without allocating.
+pub fn maps_perms(text: &[u8]) -> impl Iterator<Item = (usize, usize, [u8; 4])> + '_ {
+    fn hex(s: &[u8]) -> Option<usize> {
+        let mut v = 0usize;
+        for &c in s {
+            let d = (c as char).to_digit(16)? as usize;
+            v = v.checked_mul(16)?.checked_add(d)?;
+        }
+        (!s.is_empty()).then_some(v)
+    }
+    text.split(|&b| b == b'\n').filter_map(|line| {
+        let dash = line.iter().position(|&b| b == b'-')?;
+        let space = line.iter().position(|&b| b == b' ')?;
+        let (start, end) = (hex(line.get(..dash)?)?, hex(line.get(dash + 1..space)?)?);
+        Some((start, end, line.get(space + 1..space + 5)?.try_into().ok()?))
+    })
 }
 
 /// One line of `/proc/self/maps`.
@@ -126,5 +196,23 @@ mod tests {
         );
         let s = parse_maps_line("1000-2000 rw-s 00000000 00:01 77 /memfd:x (deleted)").unwrap();
         assert!(s.is_anonymous());
+    }
+
+    #[test]
+    fn maps_ranges_without_allocation() {
+        let text =
+            b"7f00-7f10 rw-p 00000000 00:00 0 \n5000-6000 r--p 00001000 08:01 1234   /bin/x\n";
+        let got: Vec<_> = maps_ranges(text).collect();
+        assert_eq!(got, vec![(0x7f00, 0x7f10, true), (0x5000, 0x6000, false)]);
+        let mut buf = Vec::with_capacity(1 << 20);
+        assert!(read_maps_into(&mut buf).unwrap());
+        assert!(maps_ranges(&buf).count() > 3);
+        let mut tiny = Vec::with_capacity(16);
+        let cap = tiny.capacity();
+        assert!(
+            !read_maps_into(&mut tiny).unwrap(),
+            "does not fit and does not grow"
+        );
+        assert_eq!(tiny.capacity(), cap);
     }
 }

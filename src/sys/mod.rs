@@ -8,6 +8,9 @@
 //! - [`pagemap`]: `/proc/self/pagemap` (entry reads and `PAGEMAP_SCAN`),
 //!   re-opened after `fork`.
 //! - [`mm`]: `mmap`, `munmap`, `mprotect`, `madvise`, `/proc/self/maps`.
+//! - here: the calling thread's signal mask ([`block_signals`]),
+//!   `sched_yield` and `errno`, which the soft-dirty backend and the
+//!   signal handler need.
 
 pub mod mm;
 pub mod pagemap;
@@ -56,4 +59,53 @@ pub fn probe_room() -> io::Result<()> {
     let map = mm::reserve(len)?;
     // SAFETY: our own fresh reservation, referenced by nothing.
     unsafe { mm::unmap(map, len) }
+}
+
+/// The calling thread's previous signal mask; dropping this restores it.
+/// Made by [`block_signals`].
+pub struct SignalsBlocked {
+    old: libc::sigset_t,
+}
+
+/// Blocks every signal on the calling thread (pthread_sigmask(3)) until the
+/// returned value is dropped. Synchronous faults (SIGSEGV, SIGBUS) cannot
+/// really be blocked: one raised while blocked kills the process, so code
+/// that runs blocked must not touch memory that may fault.
+pub fn block_signals() -> SignalsBlocked {
+    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigfillset initialises the set it is given.
+    unsafe { libc::sigfillset(all.as_mut_ptr()) };
+    // SAFETY: `all` is initialised and `old` is writable; pthread_sigmask
+    // only fails for an invalid `how`, and SIG_BLOCK is valid.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, all.as_ptr(), old.as_mut_ptr()) };
+    // SAFETY: pthread_sigmask filled `old` (it cannot fail here, see above).
+    let old = unsafe { old.assume_init() };
+    SignalsBlocked { old }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: `old` is the mask pthread_sigmask returned on this thread.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
+/// `sched_yield(2)`. Async-signal-safe.
+pub fn yield_now() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
+/// The calling thread's `errno`. Async-signal-safe.
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location returns the calling thread's errno slot,
+    // valid for the thread's lifetime.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets the calling thread's `errno`. Async-signal-safe.
+pub fn set_errno(value: i32) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = value };
 }

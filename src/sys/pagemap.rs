@@ -11,6 +11,11 @@
 //! (`PM_SCAN_WP_MATCHING`), atomically per page under the PTE lock. The walk
 //! stops early when the output vector fills or `max_pages` is reached and
 //! says where in `walk_end`, so callers loop.
+//!
+//! [`clear_soft_dirty`] writes `4` to `/proc/self/clear_refs`
+//! (`Documentation/admin-guide/mm/soft-dirty.rst`): it clears the soft-dirty
+//! bit of every page of the *whole process* and write-protects them, so the
+//! next write to each page faults and sets the bit again.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -167,3 +172,23 @@ pub const EMPTY_REGION: page_region = page_region {
     end: 0,
     categories: 0,
 };
+
+/// `echo 4 > /proc/self/clear_refs`: clears the soft-dirty bit (pagemap bit
+/// 55) and `VM_SOFTDIRTY` everywhere in this process. Opened per call, so
+/// it always acts on the calling process, also after `fork`. Allocates
+/// nothing (safe to call while other threads are held in a fault handler).
+/// On kernels without `CONFIG_MEM_SOFT_DIRTY` this succeeds and does nothing.
+pub fn clear_soft_dirty() -> io::Result<()> {
+    let path = c"/proc/self/clear_refs";
+    // SAFETY: `path` is NUL-terminated; open returns a new fd or -1.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) }.into())?
+        as RawFd;
+    // SAFETY: writes one byte from a static buffer to the fd we just opened.
+    let written = cvt(unsafe { libc::write(fd, b"4".as_ptr().cast(), 1) } as libc::c_long);
+    // SAFETY: `fd` is ours and not used after this.
+    unsafe { libc::close(fd) };
+    match written? {
+        1 => Ok(()),
+        _ => Err(io::Error::from_raw_os_error(libc::EIO)),
+    }
+}

@@ -12,14 +12,16 @@
 //! - `include/uapi/linux/userfaultfd.h`, userfaultfd(2), ioctl_userfaultfd(2),
 //!   `Documentation/admin-guide/mm/userfaultfd.rst`
 //! - `Documentation/admin-guide/mm/soft-dirty.rst` (pagemap bit 55)
+//! - `include/uapi/asm-generic/siginfo.h` (`SEGV_ACCERR`), sigaction(2)
 
 #![allow(non_camel_case_types)]
 
 pub use linux_raw_sys::general::{
     PAGE_IS_HUGE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SOFT_DIRTY, PAGE_IS_SWAPPED,
-    PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING, UFFD_API, UFFD_FEATURE_WP_ASYNC,
-    UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY, UFFDIO_REGISTER_MODE_WP, page_region,
-    pm_scan_arg, uffdio_api, uffdio_range, uffdio_register, uffdio_writeprotect,
+    PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING, SEGV_ACCERR, UFFD_API,
+    UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY,
+    UFFDIO_REGISTER_MODE_WP, page_region, pm_scan_arg, uffdio_api, uffdio_range, uffdio_register,
+    uffdio_writeprotect,
 };
 pub use linux_raw_sys::ioctl::{
     UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WRITEPROTECT,
@@ -75,6 +77,7 @@ mod tests {
         assert_eq!(PAGE_IS_PFNZERO, 1 << 5);
         assert_eq!(PAGE_IS_HUGE, 1 << 6);
         assert_eq!(PAGE_IS_SOFT_DIRTY, 1 << 7);
+        assert_eq!(SEGV_ACCERR, 2);
         assert_eq!(UFFD_API, 0xAA);
         assert_eq!(UFFD_USER_MODE_ONLY, 1);
         assert_eq!(UFFD_FEATURE_WP_UNPOPULATED, 1 << 13);
