@@ -65,8 +65,10 @@
 //!
 //! **A writer thread** that writes a protected page during the gap takes a
 //! SIGSEGV (`SEGV_ACCERR`). The handler (`crate::signal`) calls
-//! `on_fault`, which records the page in `written` and spins
-//! (`sched_yield`) until `GEN` changes, then returns; the write is
+//! `on_fault`, which records the page in `written` and waits until `GEN`
+//! changes (a few `sched_yield`s, then a `futex(2)` sleep on `GEN`, woken
+//! when the gap closes: spinners would starve the clearing thread on a
+//! busy machine), then returns; the write is
 //! retried and now succeeds, after the clear, so the kernel bit is set too.
 //! The write is therefore seen either by the harvest (it happened before
 //! the protection), or by the handler's record and the kernel bit (it
@@ -196,7 +198,7 @@
 
 use std::any::Any;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -215,6 +217,8 @@ use crate::sys::{self, SignalsBlocked, mm};
 const PAGEMAP_BATCH: usize = 512;
 /// `PAGEMAP_SCAN` output entries per call (3 KiB of stack).
 const SCAN_BUF: usize = 128;
+/// `sched_yield` calls a held writer makes before it sleeps on the futex.
+const FAULT_SPINS: u32 = 16;
 /// Protect-harvest-clear rounds per gap at most (see
 /// [`SoftDirty::protect_harvest_clear`]).
 const MAX_ROUNDS: usize = 4;
@@ -239,7 +243,9 @@ struct Scratch {
 
 /// Gap generation: odd while a gap is open (pages protected), even
 /// otherwise. Written only under [`CLEAR`]; read by [`on_fault`].
-static GEN: AtomicU64 = AtomicU64::new(0);
+/// 32 bits so that `on_fault` can sleep on it with futex(2); it wraps after
+/// 2^31 gaps, harmlessly (only changes are compared).
+static GEN: AtomicU32 = AtomicU32::new(0);
 
 /// `(generation << 20) | count` of faults claimed by [`on_fault`] while no
 /// gap was open (see there).
@@ -646,6 +652,7 @@ impl SoftDirty {
         }
         restore_grown_tails(list, &open_tail, scratch);
         GEN.fetch_add(1, Ordering::SeqCst); // even: closed
+        sys::futex_wake_all(&GEN);
         result
     }
 
@@ -1083,8 +1090,8 @@ impl Backend for SoftDirty {
 /// The fault path, called by the SIGSEGV handler for a write-protection
 /// fault (`SEGV_ACCERR`) at `addr` inside `r`. Returns true if the fault
 /// comes from a gap and is resolved: the handler returns and the write is
-/// retried. Async-signal-safe: atomics and `sched_yield` only; no
-/// allocation, lock or panic.
+/// retried. Async-signal-safe: atomics, `sched_yield` and `futex(2)` only;
+/// no allocation, lock or panic.
 ///
 /// - The caller's protection of the page lacks `PROT_WRITE`: not ours
 ///   (false), the host's handler or the default action gets it.
@@ -1111,8 +1118,16 @@ pub(crate) fn on_fault(r: &Region, addr: usize) -> bool {
     let g = GEN.load(Ordering::Acquire);
     if g % 2 == 1 && st.sticky.try_get(i) == Some(false) {
         st.written.try_set(i);
+        // Yield a little (gaps are short), then sleep until the gap
+        // closes: spinning threads would starve the clearing thread.
+        let mut spins = 0;
         while GEN.load(Ordering::Acquire) == g {
-            sys::yield_now();
+            if spins < FAULT_SPINS {
+                spins += 1;
+                sys::yield_now();
+            } else {
+                sys::futex_wait(&GEN, g, 10_000_000);
+            }
         }
     } else if !claim_late(g) {
         return false;
@@ -1123,10 +1138,11 @@ pub(crate) fn on_fault(r: &Region, addr: usize) -> bool {
 
 /// Counts one late claim against generation `g`; false once the budget of
 /// that generation is spent.
-fn claim_late(g: u64) -> bool {
+fn claim_late(g: u32) -> bool {
+    let g = u64::from(g);
     let mut cur = LATE_CLAIMS.load(Ordering::Relaxed);
     loop {
-        let next = if cur >> 20 == g & ((1 << 44) - 1) {
+        let next = if cur >> 20 == g {
             if cur & ((1 << 20) - 1) >= LATE_CLAIMS_PER_GEN {
                 return false;
             }
