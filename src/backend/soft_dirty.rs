@@ -48,20 +48,25 @@
 //!
 //! 1. The clearing thread takes `CLEAR` with **every signal blocked**
 //!    (held that way for as long as the mutex is held), makes its
-//!    allocations, then makes `GEN` odd ("gap open").
-//! 2. It `mprotect`s to read-only every page of every region whose caller
+//!    allocations and reads `/proc/self/maps` (see "Costs and limits"),
+//!    then makes `GEN` odd ("gap open").
+//! 2. It harvests every region once, before any `mprotect` (see "VMA
+//!    merges").
+//! 3. It `mprotect`s to read-only every page of every region whose caller
 //!    protection is writable (the per-page `readonly` record kept from
 //!    `ww_protect`), except pages prepared for kernel writes (`sticky`, see
 //!    below). `PROT_EXEC` is kept where the caller had it.
-//! 3. (Before step 2, harvest every region once: see "VMA merges".) Per
-//!    region, hash the sticky pages that may end the gap unwritten and
-//!    harvest; check the sentinel (see "Interference"); choose the returned
-//!    pages; `clear_refs`; dirty the sentinel; clear the `written` bits
-//!    being reset; mark written every hashed page whose content changed,
-//!    and every page that sits in a writable mapping now (see "Mappings
-//!    changed during the gap").
-//! 4. Restore every page it protected to exactly the caller's protection,
-//!    then make `GEN` even ("gap closed") and release the mutex.
+//! 4. Per region, it hashes the sticky pages that may end the gap
+//!    unwritten and harvests; checks the sentinel (see "Interference");
+//!    chooses the pages a get-with-reset returns; `clear_refs`; dirties the
+//!    sentinel; clears the `written` bits being reset; marks written every
+//!    hashed page whose content changed and every page that sits in a
+//!    writable mapping now. If there was such a mapping, steps 3 and 4 run
+//!    again (see "Mappings changed during the gap").
+//! 5. It restores every page it protected to exactly the caller's
+//!    protection (and a region's in-place growth, see "Costs and limits"),
+//!    makes `GEN` even ("gap closed"), wakes the held writers and releases
+//!    the mutex.
 //!
 //! **A writer thread** that writes a protected page during the gap takes a
 //! SIGSEGV (`SEGV_ACCERR`). The handler (`crate::signal`) calls
@@ -178,9 +183,12 @@
 //! # Costs and limits
 //!
 //! Every reset, get-with-reset and watch is a process-wide clear (the
-//! kernel walks the whole address space) plus two `mprotect` calls per
-//! run of writable pages of every region; writers to watched memory stall
-//! for the length of the gap. Soft-dirty is per 2 MiB on a PMD-mapped THP
+//! kernel walks the whole address space), two harvests of every watched
+//! page (pagemap: 8 bytes read per page; `PAGEMAP_SCAN`: cost grows with
+//! populated memory), two or three reads of `/proc/self/maps`, and two
+//! `mprotect` calls per run of writable pages of every region; writers to
+//! watched memory are held for the length of the gap. A plain get only
+//! harvests its own range. Soft-dirty is per 2 MiB on a PMD-mapped THP
 //! (the API applies `MADV_NOHUGEPAGE`; huge pages that already exist in
 //! `ww_watch` memory report 512 pages per write until split). Shared
 //! (shmem) memory loses the bit when a page is swapped out, so a write to
