@@ -48,25 +48,32 @@
 //!
 //! 1. The clearing thread takes `CLEAR` with **every signal blocked**
 //!    (held that way for as long as the mutex is held), makes its
-//!    allocations, then makes `GEN` odd ("gap open").
-//! 2. It `mprotect`s to read-only every page of every region whose caller
+//!    allocations and reads `/proc/self/maps` (see "Costs and limits"),
+//!    then makes `GEN` odd ("gap open").
+//! 2. It harvests every region once, before any `mprotect` (see "VMA
+//!    merges").
+//! 3. It `mprotect`s to read-only every page of every region whose caller
 //!    protection is writable (the per-page `readonly` record kept from
 //!    `ww_protect`), except pages prepared for kernel writes (`sticky`, see
 //!    below). `PROT_EXEC` is kept where the caller had it.
-//! 3. (Before step 2, harvest every region once: see "VMA merges".) Per
-//!    region, hash the sticky pages that may end the gap unwritten and
-//!    harvest; check the sentinel (see "Interference"); choose the returned
-//!    pages; `clear_refs`; dirty the sentinel; clear the `written` bits
-//!    being reset; mark written every hashed page whose content changed,
-//!    and every page that sits in a writable mapping now (see "Mappings
-//!    changed during the gap").
-//! 4. Restore every page it protected to exactly the caller's protection,
-//!    then make `GEN` even ("gap closed") and release the mutex.
+//! 4. Per region, it hashes the sticky pages that may end the gap
+//!    unwritten and harvests; checks the sentinel (see "Interference");
+//!    chooses the pages a get-with-reset returns; `clear_refs`; dirties the
+//!    sentinel; clears the `written` bits being reset; marks written every
+//!    hashed page whose content changed and every page that sits in a
+//!    writable mapping now. If there was such a mapping, steps 3 and 4 run
+//!    again (see "Mappings changed during the gap").
+//! 5. It restores every page it protected to exactly the caller's
+//!    protection (and a region's in-place growth, see "Costs and limits"),
+//!    makes `GEN` even ("gap closed"), wakes the held writers and releases
+//!    the mutex.
 //!
 //! **A writer thread** that writes a protected page during the gap takes a
 //! SIGSEGV (`SEGV_ACCERR`). The handler (`crate::signal`) calls
-//! `on_fault`, which records the page in `written` and spins
-//! (`sched_yield`) until `GEN` changes, then returns; the write is
+//! `on_fault`, which records the page in `written` and waits until `GEN`
+//! changes (a few `sched_yield`s, then a `futex(2)` sleep on `GEN`, woken
+//! when the gap closes: spinners would starve the clearing thread on a
+//! busy machine), then returns; the write is
 //! retried and now succeeds, after the clear, so the kernel bit is set too.
 //! The write is therefore seen either by the harvest (it happened before
 //! the protection), or by the handler's record and the kernel bit (it
@@ -176,9 +183,12 @@
 //! # Costs and limits
 //!
 //! Every reset, get-with-reset and watch is a process-wide clear (the
-//! kernel walks the whole address space) plus two `mprotect` calls per
-//! run of writable pages of every region; writers to watched memory stall
-//! for the length of the gap. Soft-dirty is per 2 MiB on a PMD-mapped THP
+//! kernel walks the whole address space), two harvests of every watched
+//! page (pagemap: 8 bytes read per page; `PAGEMAP_SCAN`: cost grows with
+//! populated memory), two or three reads of `/proc/self/maps`, and two
+//! `mprotect` calls per run of writable pages of every region; writers to
+//! watched memory are held for the length of the gap. A plain get only
+//! harvests its own range. Soft-dirty is per 2 MiB on a PMD-mapped THP
 //! (the API applies `MADV_NOHUGEPAGE`; huge pages that already exist in
 //! `ww_watch` memory report 512 pages per write until split). Shared
 //! (shmem) memory loses the bit when a page is swapped out, so a write to
@@ -196,7 +206,7 @@
 
 use std::any::Any;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -215,6 +225,8 @@ use crate::sys::{self, SignalsBlocked, mm};
 const PAGEMAP_BATCH: usize = 512;
 /// `PAGEMAP_SCAN` output entries per call (3 KiB of stack).
 const SCAN_BUF: usize = 128;
+/// `sched_yield` calls a held writer makes before it sleeps on the futex.
+const FAULT_SPINS: u32 = 16;
 /// Protect-harvest-clear rounds per gap at most (see
 /// [`SoftDirty::protect_harvest_clear`]).
 const MAX_ROUNDS: usize = 4;
@@ -239,7 +251,9 @@ struct Scratch {
 
 /// Gap generation: odd while a gap is open (pages protected), even
 /// otherwise. Written only under [`CLEAR`]; read by [`on_fault`].
-static GEN: AtomicU64 = AtomicU64::new(0);
+/// 32 bits so that `on_fault` can sleep on it with futex(2); it wraps after
+/// 2^31 gaps, harmlessly (only changes are compared).
+static GEN: AtomicU32 = AtomicU32::new(0);
 
 /// `(generation << 20) | count` of faults claimed by [`on_fault`] while no
 /// gap was open (see there).
@@ -646,6 +660,7 @@ impl SoftDirty {
         }
         restore_grown_tails(list, &open_tail, scratch);
         GEN.fetch_add(1, Ordering::SeqCst); // even: closed
+        sys::futex_wake_all(&GEN);
         result
     }
 
@@ -1083,8 +1098,8 @@ impl Backend for SoftDirty {
 /// The fault path, called by the SIGSEGV handler for a write-protection
 /// fault (`SEGV_ACCERR`) at `addr` inside `r`. Returns true if the fault
 /// comes from a gap and is resolved: the handler returns and the write is
-/// retried. Async-signal-safe: atomics and `sched_yield` only; no
-/// allocation, lock or panic.
+/// retried. Async-signal-safe: atomics, `sched_yield` and `futex(2)` only;
+/// no allocation, lock or panic.
 ///
 /// - The caller's protection of the page lacks `PROT_WRITE`: not ours
 ///   (false), the host's handler or the default action gets it.
@@ -1111,8 +1126,16 @@ pub(crate) fn on_fault(r: &Region, addr: usize) -> bool {
     let g = GEN.load(Ordering::Acquire);
     if g % 2 == 1 && st.sticky.try_get(i) == Some(false) {
         st.written.try_set(i);
+        // Yield a little (gaps are short), then sleep until the gap
+        // closes: spinning threads would starve the clearing thread.
+        let mut spins = 0;
         while GEN.load(Ordering::Acquire) == g {
-            sys::yield_now();
+            if spins < FAULT_SPINS {
+                spins += 1;
+                sys::yield_now();
+            } else {
+                sys::futex_wait(&GEN, g, 10_000_000);
+            }
         }
     } else if !claim_late(g) {
         return false;
@@ -1123,10 +1146,11 @@ pub(crate) fn on_fault(r: &Region, addr: usize) -> bool {
 
 /// Counts one late claim against generation `g`; false once the budget of
 /// that generation is spent.
-fn claim_late(g: u64) -> bool {
+fn claim_late(g: u32) -> bool {
+    let g = u64::from(g);
     let mut cur = LATE_CLAIMS.load(Ordering::Relaxed);
     loop {
-        let next = if cur >> 20 == g & ((1 << 44) - 1) {
+        let next = if cur >> 20 == g {
             if cur & ((1 << 20) - 1) >= LATE_CLAIMS_PER_GEN {
                 return false;
             }

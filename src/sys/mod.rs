@@ -9,8 +9,8 @@
 //!   re-opened after `fork`.
 //! - [`mm`]: `mmap`, `munmap`, `mprotect`, `madvise`, `/proc/self/maps`.
 //! - here: the calling thread's signal mask ([`block_signals`]),
-//!   `sched_yield` and `errno`, which the soft-dirty backend and the
-//!   signal handler need.
+//!   `sched_yield`, `futex` and `errno`, which the soft-dirty backend and
+//!   the signal handler need.
 
 pub mod mm;
 pub mod pagemap;
@@ -89,6 +89,41 @@ impl Drop for SignalsBlocked {
         // SAFETY: `old` is the mask pthread_sigmask returned on this thread.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
     }
+}
+
+/// `futex(FUTEX_WAIT_PRIVATE)`: sleeps while `word` holds `expected`, at
+/// most `timeout_ns` nanoseconds (and may return early, spuriously).
+/// Async-signal-safe (a raw syscall).
+pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout_ns: i64) {
+    let ts = libc::timespec {
+        tv_sec: timeout_ns / 1_000_000_000,
+        tv_nsec: timeout_ns % 1_000_000_000,
+    };
+    // SAFETY: `word` is a live, aligned 32-bit atomic and `ts` a valid
+    // relative timeout; FUTEX_WAIT only reads the word.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &ts as *const libc::timespec,
+        )
+    };
+}
+
+/// `futex(FUTEX_WAKE_PRIVATE)` of every thread waiting on `word`.
+pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: `word` is a live, aligned 32-bit atomic; FUTEX_WAKE does not
+    // access memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        )
+    };
 }
 
 /// `sched_yield(2)`. Async-signal-safe.
