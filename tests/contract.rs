@@ -432,9 +432,9 @@ fn safe_rust_api() {
     assert_eq!(mem.written_pages(..11 * ps(), false), Err(Error::INVAL));
     mem.protect(.., writewatch::Protection::Read).unwrap();
     mem.protect(.., writewatch::Protection::ReadWrite).unwrap();
-    let before = writewatch::stats().regions;
+    // (The regions counter is process-wide and other tests allocate in
+    // parallel, so it is checked in tests/model.rs, which runs alone.)
     drop(mem);
-    assert!(writewatch::stats().regions < before || before == 0);
 }
 
 #[test]
