@@ -27,7 +27,7 @@
 //!
 //! Because a clear wipes every page of the process, before any clear we
 //! **harvest**: OR the kernel bit of every page of every watched region
-//! into `written` (all regions from `registry::all()`, reading only
+//! into `written` (all live regions of `registry::all()`, reading only
 //! watched ranges, in batches). After the clear we clear `written` for
 //! exactly the pages being reset. So a reset of region A (or of part of it)
 //! never loses or invents a write in region B or in the rest of A. Clears
@@ -206,7 +206,7 @@
 
 use std::any::Any;
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -291,6 +291,10 @@ struct State {
     readonly: AtomicBitmap,
     /// The caller's protection has `PROT_EXEC`.
     exec: AtomicBitmap,
+    /// Set by `unwatch` under `CLEAR`: gaps leave the region alone from
+    /// then on, although it stays in the registry a little longer (the API
+    /// removes it only after `unwatch`, and then may unmap it).
+    retired: AtomicBool,
 }
 
 impl State {
@@ -301,8 +305,17 @@ impl State {
             sticky: AtomicBitmap::new(pages),
             readonly: AtomicBitmap::new(pages),
             exec: AtomicBitmap::new(pages),
+            retired: AtomicBool::new(false),
         }
     }
+}
+
+/// The regions gaps and harvests act on: every registered region that
+/// `unwatch` has not retired. Call with `CLEAR` held.
+fn live_regions() -> Vec<Arc<Region>> {
+    let mut list = registry::all();
+    list.retain(|r| !state(r).retired.load(Ordering::SeqCst));
+    list
 }
 
 fn state(r: &Region) -> &State {
@@ -963,17 +976,20 @@ impl Backend for SoftDirty {
 
     fn watch(&self, r: &Region, _fresh: bool) -> Result<()> {
         let mut held = hold();
-        let list = registry::all();
+        let list = live_regions();
         let plan = Plan::Watch { r };
         let mut hashed = hash_list(&list, &plan);
         self.gap(&mut held, &list, &plan, &mut hashed)
     }
 
-    fn unwatch(&self, _r: &Region) -> Result<()> {
-        // The region is out of the registry; waiting for CLEAR means no gap
-        // still has it protected, so the caller gets its memory back with
-        // its own protection (api unmaps a ww_alloc region after this).
+    fn unwatch(&self, r: &Region) -> Result<()> {
+        // Waiting for CLEAR means no gap still has the region protected, and
+        // marking it retired under CLEAR keeps every later gap away from it
+        // (the API removes it from the registry only after this returns,
+        // then may unmap it): the caller gets its memory back with its own
+        // protection, and no gap ever touches memory that is gone or reused.
         let _held = hold();
+        state(r).retired.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -985,7 +1001,7 @@ impl Backend for SoftDirty {
                 let _held = hold();
                 self.harvest(r, st, from, to)?;
                 if !page_is_soft_dirty(self.sentinel)? {
-                    self.foreign_clear_check(&registry::all())?;
+                    self.foreign_clear_check(&live_regions())?;
                     touch(self.sentinel);
                 }
             }
@@ -999,7 +1015,7 @@ impl Backend for SoftDirty {
         let taken = AtomicBitmap::new(to - from);
         {
             let mut held = hold();
-            let list = registry::all();
+            let list = live_regions();
             let plan = Plan::Take {
                 r,
                 from,
@@ -1024,7 +1040,7 @@ impl Backend for SoftDirty {
     fn reset(&self, r: &Region, range: PageRange) -> Result<()> {
         let (from, to) = (r.page_index(range.start), r.page_index(range.end));
         let mut held = hold();
-        let list = registry::all();
+        let list = live_regions();
         let plan = Plan::Reset { r, from, to };
         let mut hashed = hash_list(&list, &plan);
         self.gap(&mut held, &list, &plan, &mut hashed)
@@ -1047,9 +1063,9 @@ impl Backend for SoftDirty {
             .flatten()
         {
             let near = PageRange::new(addr, addr + ps);
-            if let Some(n) =
-                registry::find_containing(&near).filter(|n| !std::ptr::eq(n.as_ref(), r))
-            {
+            if let Some(n) = registry::find_containing(&near).filter(|n| {
+                !std::ptr::eq(n.as_ref(), r) && !state(n).retired.load(Ordering::SeqCst)
+            }) {
                 let nst = state(&n);
                 self.harvest(&n, nst, 0, nst.pages)?;
             }

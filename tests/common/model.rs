@@ -1771,8 +1771,12 @@ impl Model {
                 "not watched"
             }
         );
-        if rc == 1 && self.in_region(addr) {
-            self.wrote(align_down(addr));
+        // 1 means "resolved, retry the write": the mprotect backend marks
+        // the page written now; soft-dirty (outside a gap) leaves it to the
+        // retried write's kernel bit, which this call does not make. So the
+        // page may or may not be reported from here on.
+        if rc == 1 && self.in_region(addr) && self.st(align_down(addr)) != St::Written {
+            self.set_st(align_down(addr), St::Maybe);
         }
         Ok(())
     }
