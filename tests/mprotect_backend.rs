@@ -12,12 +12,16 @@
 //! re-run this binary on one `#[ignore]`d `child_*` body with
 //! `WW_TEST_CHILD=1`, and check its exit status.
 
+mod common;
+
+use common::{peek, poke, ps};
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
 use std::time::Instant;
 
-use writewatch::{BackendKind, Protection, WatchedAlloc, page_size};
+use writewatch::{BackendKind, Protection, WatchedAlloc};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -52,21 +56,6 @@ macro_rules! require_mprotect {
             return;
         }
     };
-}
-
-fn ps() -> usize {
-    page_size()
-}
-
-fn poke(addr: usize, v: u8) {
-    // SAFETY: tests only poke memory they own that is (or will be made,
-    // by the handler) writable.
-    unsafe { std::ptr::write_volatile(addr as *mut u8, v) }
-}
-
-fn peek(addr: usize) -> u8 {
-    // SAFETY: tests only read memory they own and can read.
-    unsafe { std::ptr::read_volatile(addr as *const u8) }
 }
 
 /// Written page indices of `[base, base+len)` relative to `base`.

@@ -22,6 +22,10 @@
 //! - one resolved fault fits in well under 8 KiB of alternate stack
 //!   (measured with a high-water mark).
 
+mod common;
+
+use common::{peek, poke, ps};
+
 use std::ffi::c_void;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::SeqCst};
@@ -188,20 +192,6 @@ fn require_mprotect(case: &str) {
         println!("SKIP {case}: mprotect backend unavailable: {e}");
         std::process::exit(SKIP);
     }
-}
-
-fn ps() -> usize {
-    page_size()
-}
-
-fn poke(addr: usize, v: u8) {
-    // SAFETY: the cases poke their own memory; some deliberately fault.
-    unsafe { std::ptr::write_volatile(addr as *mut u8, v) }
-}
-
-fn peek(addr: usize) -> u8 {
-    // SAFETY: as above.
-    unsafe { std::ptr::read_volatile(addr as *const u8) }
 }
 
 /// An anonymous mapping (never unmapped: the child exits).

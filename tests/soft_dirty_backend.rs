@@ -11,6 +11,10 @@
 //! checks here also check isolation between regions. Tests that disturb
 //! the whole process (a foreign `clear_refs`) run exclusively.
 
+mod common;
+
+use common::{peek, poke, ps};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -61,20 +65,6 @@ fn shared() -> RwLockReadGuard<'static, ()> {
 
 fn exclusive() -> RwLockWriteGuard<'static, ()> {
     PROCESS.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ps() -> usize {
-    page_size()
-}
-
-fn poke(addr: usize, v: u8) {
-    // SAFETY: tests only poke memory they mapped read-write.
-    unsafe { std::ptr::write_volatile(addr as *mut u8, v) }
-}
-
-fn peek(addr: usize) -> u8 {
-    // SAFETY: tests only peek memory they mapped readable.
-    unsafe { std::ptr::read_volatile(addr as *const u8) }
 }
 
 /// Written page indices of `[base + from*ps, base + to*ps)`, relative to
