@@ -199,6 +199,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "reads /proc/self/maps (Miri isolates the file system)")]
     fn maps_ranges_without_allocation() {
         let text =
             b"7f00-7f10 rw-p 00000000 00:00 0 \n5000-6000 r--p 00001000 08:01 1234   /bin/x\n";
