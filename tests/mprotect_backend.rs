@@ -407,7 +407,14 @@ impl Tokens {
     fn writer(&self, id: usize, writers: usize, sweeps: usize) {
         let mut n = 0;
         let mut x = id as u64 * 7919 + 1;
+        // Also bounded in time: under emulation (qemu TCG) a fault costs
+        // ~20x more and the sweeps alone can take minutes. The oracle does
+        // not depend on how many writes were made.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         for _ in 0..sweeps {
+            if std::time::Instant::now() > deadline {
+                break;
+            }
             for p in (id..self.writer_pages).step_by(writers) {
                 if self.tokens[p].load(SeqCst) == 0 {
                     self.tokens[p].store(1, SeqCst);
