@@ -150,18 +150,6 @@ fn remove_at(regions: &mut Vec<Arc<Region>>, i: usize) -> Arc<Region> {
     region
 }
 
-/// Removes the region starting at `base` if `pred` accepts it.
-pub fn remove_if(base: usize, pred: impl FnOnce(&Region) -> bool) -> Option<Arc<Region>> {
-    let mut regions = REGIONS.write();
-    let i = regions
-        .binary_search_by_key(&base, |r| r.range.start)
-        .ok()?;
-    if !pred(&regions[i]) {
-        return None;
-    }
-    Some(remove_at(&mut regions, i))
-}
-
 /// Removes exactly `region`, if it is still registered.
 pub fn remove(region: &Arc<Region>) -> bool {
     let mut regions = REGIONS.write();
