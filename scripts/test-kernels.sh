@@ -28,7 +28,11 @@
 #                       "<series>[:<expected,backends>]", e.g. "6.12" or
 #                       "6.1:soft-dirty,mprotect 6.12"; "none" = host only.
 #                       Without ":...", the expectation comes from kernels.list.
-#   WW_KERNEL_TIMEOUT   seconds per VM (boot + whole suite), default 900
+#   WW_KERNEL_TIMEOUT   seconds per VM (boot + both passes of the suite),
+#                       default 1800
+#   WW_UNPRIV           0 = skip the VMs' second, unprivileged pass (uid
+#                       65534, vm.unprivileged_userfaultfd=0; its results form
+#                       a "<series> as nobody" row). Default 1
 #   WW_TEST_TIMEOUT     seconds per test executable, default 300 (VM and host;
 #                       keep it below WW_KERNEL_TIMEOUT so a hung test is
 #                       named in the log instead of the whole VM timing out)
@@ -56,7 +60,8 @@ KERNEL_LIST=$SCRIPTS/kernels.list
 CACHE=${WW_KERNEL_CACHE:-$REPO/.cache/kernels}
 WORK=$REPO/.cache/test-kernels # initramfs, serial logs of the last run
 
-KERNEL_TIMEOUT=${WW_KERNEL_TIMEOUT:-900}
+KERNEL_TIMEOUT=${WW_KERNEL_TIMEOUT:-1800}
+UNPRIV=${WW_UNPRIV:-1}
 TEST_TIMEOUT=${WW_TEST_TIMEOUT:-300}
 HOST_EXPECT=${WW_HOST_EXPECT:-written,mprotect}
 QEMU_MEM=${WW_QEMU_MEM:-3G}
@@ -344,6 +349,7 @@ fi
     [[ -n ${WW_BACKENDS:-} ]] && printf 'export WW_BACKENDS=%q\n' "$WW_BACKENDS"
     [[ -n ${WW_FAIL_TAIL:-} ]] && printf 'export WW_FAIL_TAIL=%q\n' "$WW_FAIL_TAIL"
     [[ -n ${WW_SHOW_OUTPUT:-} ]] && printf 'export WW_SHOW_OUTPUT=%q\n' "$WW_SHOW_OUTPUT"
+    printf 'export WW_UNPRIV=%q\n' "$UNPRIV"
     true
 } >"$ROOT/ww/env"
 
@@ -354,6 +360,9 @@ build_initramfs() {
     # scripts.
     busybox=$(command -v busybox) || die "busybox not found"
     cp "$busybox" "$ROOT/bin/busybox"
+    # util-linux's setpriv for the VM's unprivileged pass (busybox's cannot
+    # change uid); its libraries are collected below.
+    cp "$(command -v setpriv)" "$ROOT/usr/bin/setpriv" || die "setpriv (util-linux) not found"
     while read -r applet; do
         [[ -e $ROOT/$applet || -L $ROOT/$applet ]] || ln -s /bin/busybox "$ROOT/$applet"
     done < <("$busybox" --list-full)
@@ -363,7 +372,7 @@ build_initramfs() {
     # copied to the same path in the initramfs. libwritewatch.so is resolved
     # from /ww/lib, where it already is.
     local elves=()
-    mapfile -t elves < <(find "$ROOT/bin/bash" "$ROOT/ww" -type f \
+    mapfile -t elves < <(find "$ROOT/bin/bash" "$ROOT/usr/bin/setpriv" "$ROOT/ww" -type f \
         -exec sh -c 'head -c 4 "$1" | grep -q ELF' _ {} \; -print)
     for f in "${elves[@]}"; do
         LD_LIBRARY_PATH=$ROOT/ww/lib ldd "$f" 2>/dev/null || true
@@ -410,12 +419,14 @@ clean_log() {
 }
 
 # Parse the WWRESULT lines of a run's log into RESULT/DETAIL for row $1.
-# $3: whether the run got to its final WWDONE line; $4: why not.
+# $3: whether the run got to its final WWDONE line; $4: why not; $5: the tag
+# of the result lines ("WWRESULT" by default; the VM's unprivileged pass
+# prints "WWRESULT-NOBODY").
 collect() {
-    local row=$1 logf=$2 complete=$3 why=$4 b st rest
+    local row=$1 logf=$2 complete=$3 why=$4 tag=${5:-WWRESULT} b st rest
     while read -r _ b st rest; do
         RESULT[$row,$b]=$st DETAIL[$row,$b]=$rest
-    done < <(clean_log "$logf" | grep -E '^WWRESULT [a-z-]+ (passed|failed|skipped)( |$)')
+    done < <(clean_log "$logf" | grep -E "^$tag [a-z-]+ (passed|failed|skipped)( |\$)")
     for b in "${BACKENDS[@]}"; do
         if [[ -z ${RESULT[$row,$b]:-} ]]; then
             RESULT[$row,$b]=failed
@@ -444,8 +455,17 @@ for i in "${!SERIES[@]}"; do
     row=${SERIES[i]}
     ROWS+=("$row")
     EXP[$row]=${EXPECT[i]} LABEL[$row]="${SERIES[i]} ${KPKG[i]:-(no package)}"
+    # The unprivileged pass of the same VM (scripts/vm-init.sh) gets a row of
+    # its own, with the same expectations.
+    urow="${SERIES[i]}~nobody"
+    if [[ $UNPRIV != 0 ]]; then
+        ROWS+=("$urow")
+        EXP[$urow]=${EXPECT[i]} LABEL[$urow]="${SERIES[i]} as nobody"
+    fi
     if [[ -z ${KDIR[i]} ]]; then
-        for b in "${BACKENDS[@]}"; do RESULT[$row,$b]=failed DETAIL[$row,$b]=${KERR[i]}; done
+        for r in "$row" "$urow"; do
+            for b in "${BACKENDS[@]}"; do RESULT[$r,$b]=failed DETAIL[$r,$b]=${KERR[i]}; done
+        done
         continue
     fi
     vmlog=$WORK/vm-${SERIES[i]}.log
@@ -465,7 +485,11 @@ for i in "${!SERIES[@]}"; do
     why+=", last console line: '$last'"
     kver=$(clean_log "$vmlog" | sed -n 's/^WWUNAME //p' | head -n 1)
     [[ -n $kver ]] && LABEL[$row]="${SERIES[i]} $kver"
-    collect "$row" "$vmlog" "$(clean_log "$vmlog" | grep -c '^WWDONE' || true)" "$why"
+    collect "$row" "$vmlog" "$(clean_log "$vmlog" | grep -c '^WWDONE$' || true)" "$why"
+    if [[ $UNPRIV != 0 ]]; then
+        [[ -n $kver ]] && LABEL[$urow]="${SERIES[i]} $kver as nobody"
+        collect "$urow" "$vmlog" "$(clean_log "$vmlog" | grep -c '^WWDONE-NOBODY' || true)" "$why" WWRESULT-NOBODY
+    fi
 done
 
 # ---------------------------------------------------------------------------

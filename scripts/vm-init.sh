@@ -2,8 +2,8 @@
 # /init of the test VM's initramfs (built by scripts/test-kernels.sh).
 #
 # Runs as PID 1 on the kernel under test: sets up the minimal mounts the
-# tests need, runs scripts/run-backends.sh over the staged binaries in /ww,
-# and powers the VM off. Everything it prints goes to the serial console
+# tests need, runs scripts/run-backends.sh over the staged binaries in /ww
+# (as root, then again as an unprivileged user), and powers the VM off. Everything it prints goes to the serial console
 # (ttyS0), which the host records and parses for "WWRESULT ..." lines.
 #
 # Never exit: PID 1 exiting panics the kernel. Whatever happens, we end with
@@ -48,6 +48,31 @@ echo "WWINIT booted in $(cut -d' ' -f1 /proc/uptime)s"
 
 export WW_ROOT=/ww WW_LOG_DIR=/tmp/ww-logs
 /ww/scripts/run-backends.sh || echo "WWINIT run-backends.sh exited with status $?"
+
+# The same suite again as an unprivileged user (uid/gid 65534, "nobody"; the
+# initramfs has no passwd file, numeric ids do), with
+# vm.unprivileged_userfaultfd=0 and /dev/userfaultfd root-only: the written
+# backend must get its userfaultfd in UFFD_USER_MODE_ONLY form, soft-dirty
+# must need nothing beyond the process's own /proc/self files. Its result
+# lines are renamed (WWRESULT-NOBODY, WWDONE-NOBODY) so that the host files
+# them under a row of their own. WW_UNPRIV=0 skips this pass.
+if [[ ${WW_UNPRIV:-1} != 0 ]]; then
+    echo 0 >/proc/sys/vm/unprivileged_userfaultfd 2>/dev/null || true
+    [[ -e /dev/userfaultfd ]] && chmod 0600 /dev/userfaultfd
+    echo "WWINIT unprivileged pass: uid 65534, vm.unprivileged_userfaultfd=$(cat /proc/sys/vm/unprivileged_userfaultfd 2>/dev/null || echo '?')"
+    set +o pipefail
+    HOME=/tmp WW_LOG_DIR=/tmp/ww-logs-nobody \
+        /usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups --no-new-privs \
+        /bin/bash /ww/scripts/run-backends.sh 2>&1 |
+        while IFS= read -r line; do
+            case $line in
+            "WWRESULT "*) line="WWRESULT-NOBODY ${line#WWRESULT }" ;;
+            WWDONE*) line="WWDONE-NOBODY${line#WWDONE}" ;;
+            esac
+            printf '%s\n' "$line"
+        done
+    set -o pipefail
+fi
 
 # "quiet" hides kernel warnings from the console; the tests poke at page-table
 # code, so show any the kernel logged (informational: not a test verdict).

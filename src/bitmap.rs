@@ -105,6 +105,11 @@ impl AtomicBitmap {
         self.words[w].fetch_or(mask, Ordering::AcqRel);
     }
 
+    /// Keeps only the bits of `mask` in word `w` (clears the others).
+    pub fn and_word(&self, w: usize, mask: u64) {
+        self.words[w].fetch_and(mask, Ordering::AcqRel);
+    }
+
     /// Bit `i`, or `None` if out of range. Never panics (for the fault
     /// handler).
     pub fn try_get(&self, i: usize) -> Option<bool> {

@@ -866,6 +866,86 @@ fn child_exhausted_by_others_body() {
     assert_eq!(written(base, pages * ps(), true), [3]);
 }
 
+#[test]
+fn block_mode_reports_only_populated_pages_of_a_fresh_region() {
+    require_mprotect!("block_mode_reports_only_populated_pages_of_a_fresh_region");
+    let _one_at_a_time = map_tests_lock();
+    run_child("child_block_mode_settles_body");
+}
+
+#[test]
+#[ignore = "run by block_mode_reports_only_populated_pages_of_a_fresh_region"]
+fn child_block_mode_settles_body() {
+    const NAME: &str = "child_block_mode_settles_body";
+    if !is_child(NAME) {
+        return;
+    }
+    require_mprotect!("child_block_mode_settles_body");
+    // 1 GiB reserved, 4,000 isolated pages written: 8,000 VMAs' worth of
+    // splits against a budget of about 1,500, so most writes open blocks
+    // (64 pages up to the whole region). The blocks' other pages were never
+    // touched: settling must drop every one of them from the report.
+    let pages = 262_144;
+    let stride = 64;
+    let m = WatchedAlloc::new(pages * ps()).unwrap();
+    let base = m.as_ptr() as usize;
+    let mut out = vec![0usize; pages];
+    out.iter_mut().step_by(512).for_each(|x| *x = 1);
+    let filler = eat_map_entries(3000);
+    let touched: Vec<usize> = (1..=4000).map(|k| k * stride + 7).collect();
+    for round in 0..3 {
+        // Round 0 writes every page, later rounds every tenth: the blocks
+        // then hold populated pages that were not written this time.
+        let now: Vec<usize> = touched
+            .iter()
+            .copied()
+            .step_by(if round == 0 { 1 } else { 10 })
+            .collect();
+        for &p in &now {
+            poke(base + p * ps(), round as u8 + 1);
+        }
+        let (est, budget) = writewatch::backend::mprotect::map_budget();
+        let n = writewatch::get_write_watch(true, base, pages * ps(), &mut out).unwrap();
+        let got: std::collections::BTreeSet<usize> =
+            out[..n].iter().map(|a| (a - base) / ps()).collect();
+        let missing: Vec<usize> = now
+            .iter()
+            .copied()
+            .filter(|p| !got.contains(p))
+            .take(10)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{NAME}: round {round}: written pages not reported, e.g. {missing:?}"
+        );
+        let strays: Vec<usize> = got
+            .iter()
+            .copied()
+            .filter(|p| touched.binary_search(p).is_err() && *p != 0)
+            .take(10)
+            .collect();
+        println!(
+            "round {round}: {} written, {n} reported ({} of them touched in an earlier round);              estimate {est}, budget {budget}",
+            now.len(),
+            got.iter()
+                .filter(|p| touched.binary_search(p).is_ok())
+                .count()
+                - now.len(),
+        );
+        // Page 0 was populated by the allocation itself; any other page
+        // that was never touched must not be reported.
+        assert!(
+            strays.is_empty(),
+            "{NAME}: round {round}: never-touched pages reported, e.g. {strays:?}"
+        );
+        assert_eq!(
+            writewatch::get_write_watch(false, base, pages * ps(), &mut out).unwrap(),
+            0
+        );
+    }
+    drop(filler);
+}
+
 /// Restores a sysctl on drop.
 struct Sysctl {
     path: &'static str,

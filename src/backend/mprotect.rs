@@ -47,6 +47,7 @@
 use std::any::Any;
 use std::ffi::c_int;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 
 use parking_lot::Mutex;
@@ -57,6 +58,8 @@ use crate::page::{PageRange, page_size};
 use crate::registry::Region;
 use crate::signal::handler::{BlockAll, MAP_PRESSURE, Tracking, VMA_BUDGET, VMA_ESTIMATE};
 use crate::sys::mm;
+use crate::sys::pagemap;
+use crate::sys::uapi::{PM_PRESENT, PM_SWAP};
 
 const PROT_WRITE: i32 = libc::PROT_WRITE;
 
@@ -76,6 +79,11 @@ struct State {
     t: Tracking,
     /// Serializes this region's operations (not the handler).
     ops: Mutex<()>,
+    /// All of the region is private memory, where a page that was written
+    /// stays populated (or swapped) until the caller discards it: guessed
+    /// pages can be settled with `/proc/self/pagemap` (see [`settle`]).
+    /// Set by `watch`.
+    private: AtomicBool,
 }
 
 /// The process-wide instance. First use installs the SIGSEGV handler and
@@ -207,8 +215,115 @@ fn rearm(t: &Tracking, s: usize, d: usize) {
             // Only now, with the pages read-only: a write from here on
             // faults and waits for the flag, then sets the bit again.
             t.written.clear_range(a, b);
+            t.guessed.clear_range(a, b);
         }
         i = b;
+    }
+}
+
+/// Re-arms the reported runs `runs` (in address order, inside the
+/// region) with one mprotect over their whole span, as a reset of the
+/// span would (the pages between the runs are armed already, or were
+/// opened by a write since the scan: those are armed too but keep their
+/// written bit). The flag must be held. False, with nothing cleared, if
+/// the span is not one caller protection or the mprotect failed: the
+/// caller re-arms run by run instead.
+fn rearm_span(t: &Tracking, runs: &[(usize, usize)]) -> bool {
+    let (Some(&(s, _)), Some(&(_, d))) = (runs.first(), runs.last()) else {
+        return true;
+    };
+    let Some(prot) = t.uniform_writable_prot(s, d) else {
+        return false;
+    };
+    if t.protect_run(s, d, prot, true).is_err() {
+        MAP_PRESSURE.store(true, Relaxed);
+        return false;
+    }
+    for &(a, b) in runs {
+        t.written.clear_range(a, b);
+        t.guessed.clear_range(a, b);
+    }
+    true
+}
+
+/// Pagemap entries read per system call while settling (32 KiB of stack).
+const SETTLE_CHUNK: usize = 4096;
+
+/// Settles the guessed pages of `[lo, hi)` (see `Tracking::guessed`): arms
+/// them, then keeps W only for those the kernel shows populated or
+/// swapped. Private memory only. Call with the region's `ops` lock held.
+///
+/// Why this loses no write: a guessed page had W clear (was armed, so
+/// every earlier write was reported) when its block was opened. Step 1
+/// arms it again, and A stays set from then on until a write faults on it
+/// (only the handler clears A while we hold `ops`, and it clears A before
+/// the write can land). So a page that still has A set in step 2, after a
+/// pagemap read that followed step 1, was not written since step 1; and a
+/// write before step 1 would have populated it (or left it swapped): the
+/// only way back to "not populated" is the caller discarding the page
+/// (`MADV_DONTNEED`), which Windows treats the same way (decommitting a
+/// written page clears its written state).
+fn settle(t: &Tracking, lo: usize, hi: usize) {
+    let mut i = lo;
+    while let Some(s) = t.guessed.next_set(i, hi) {
+        let e = t.guessed.next_clear(s, hi).unwrap_or(hi);
+        settle_run(t, s, e);
+        i = e;
+    }
+}
+
+fn settle_run(t: &Tracking, s: usize, e: usize) {
+    // Step 1: arm the guessed run together with the open pages around it
+    // (a whole open run: its ends are VMA boundaries, so this only merges;
+    // those pages keep their written bits).
+    critical(t, |t| {
+        let mut i = s;
+        while let Some((a, b, prot)) = t.prot_run(i, e) {
+            if prot & PROT_WRITE != 0 {
+                let (ea, eb) = open_run_around(t, a, b, prot);
+                if t.protect_run(ea, eb, prot, true).is_err() {
+                    MAP_PRESSURE.store(true, Relaxed);
+                }
+            }
+            i = b;
+        }
+    });
+    // Step 2: per chunk, read the pagemap, then drop W where A is still set
+    // and the page is not populated.
+    let ps = page_size();
+    let mut entries = [0u64; SETTLE_CHUNK];
+    let mut c = s;
+    while c < e {
+        // Whole bitmap words per chunk (the first may start mid-word).
+        let n = (e - c).min(SETTLE_CHUNK - c % 64);
+        let Some(addr) = t.addr(c) else { return };
+        if pagemap::read_entries(addr, ps, &mut entries[..n]).is_err() {
+            return; // stays guessed: reported whole, never lost
+        }
+        critical(t, |t| {
+            let mut k = 0;
+            while k < n {
+                let w = (c + k) / 64;
+                let first = (c + k) % 64;
+                let count = (64 - first).min(n - k);
+                let mut populated = 0u64;
+                for (j, entry) in entries[k..k + count].iter().enumerate() {
+                    if entry & (PM_PRESENT | PM_SWAP) != 0 {
+                        populated |= 1 << (first + j);
+                    }
+                }
+                let span = if count == 64 {
+                    u64::MAX
+                } else {
+                    ((1u64 << count) - 1) << first
+                };
+                let settled = span & t.guessed.word(w) & t.armed.word(w);
+                t.written.and_word(w, !(settled & !populated));
+                t.guessed.and_word(w, !settled);
+                k += count;
+            }
+        });
+        c += n;
     }
 }
 
@@ -254,7 +369,11 @@ impl<'a> Rearm<'a> {
     fn flush(&mut self) {
         let runs = &self.runs[..self.len];
         if !runs.is_empty() {
-            critical(self.t, |t| runs.iter().for_each(|&(s, d)| rearm(t, s, d)));
+            critical(self.t, |t| {
+                if !rearm_span(t, runs) {
+                    runs.iter().for_each(|&(s, d)| rearm(t, s, d));
+                }
+            });
         }
         self.len = 0;
     }
@@ -303,6 +422,7 @@ impl Backend for Mprotect {
         Box::new(State {
             t: Tracking::new(range.start, range.pages(), page_size()),
             ops: Mutex::new(()),
+            private: AtomicBool::new(false),
         })
     }
 
@@ -320,9 +440,13 @@ impl Backend for Mprotect {
         // contents. Failure (kernels before 5.14) only costs merging.
         if fresh {
             let _ = mm::advise(r.range.start, page_size(), libc::MADV_POPULATE_WRITE);
+            st.private.store(true, Relaxed); // our own private anonymous mapping
         } else {
             // The caller's memory: keep its protection (PROT_EXEC too).
-            for m in mm::mappings_in(r.range.start, r.range.end)? {
+            let maps = mm::mappings_in(r.range.start, r.range.end)?;
+            st.private
+                .store(maps.iter().all(|m| m.perms[3] == b'p'), Relaxed);
+            for m in maps {
                 let s = m.start.max(r.range.start);
                 let e = m.end.min(r.range.end);
                 let (a, b) = indices(t, PageRange::new(s, e));
@@ -368,6 +492,9 @@ impl Backend for Mprotect {
         }
         let ps = page_size();
         let (lo, hi) = indices(t, range);
+        if st.private.load(Relaxed) {
+            settle(t, lo, hi);
+        }
         let mut rearm = Rearm::new(t);
         let mut i = lo;
         while i < hi {

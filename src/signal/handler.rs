@@ -642,8 +642,18 @@ pub(crate) struct Tracking {
     pub(crate) pages: usize,
     /// W: written since the last reset.
     pub(crate) written: AtomicBitmap,
-    /// A: held read-only by us to catch the next write.
+    /// A: held read-only by us to catch the next write. Set only by the
+    /// backend's own operations (which hold the region's `ops` lock and
+    /// the flag), cleared by them and by the handler; a page with A set is
+    /// read-only in the kernel (a failed un-arm clears A, see
+    /// [`Tracking::protect_run`]).
     pub(crate) armed: AtomicBitmap,
+    /// G ("guessed"): W was set because the page was unprotected as part
+    /// of a block (map-count pressure), not because a write faulted on it;
+    /// it may never have been written. G implies W. The backend settles
+    /// G pages of private memory before reporting them: it arms them and
+    /// keeps W only where the kernel shows the page populated.
+    pub(crate) guessed: AtomicBitmap,
     /// The caller's protection, one bitmap per PROT_* bit.
     pub(crate) may_read: AtomicBitmap,
     /// C: the caller allows writing.
@@ -705,6 +715,7 @@ impl Tracking {
             pages,
             written: AtomicBitmap::new(pages),
             armed: AtomicBitmap::new(pages),
+            guessed: AtomicBitmap::new(pages),
             may_read: AtomicBitmap::new(pages),
             may_write: AtomicBitmap::new(pages),
             may_exec: AtomicBitmap::new(pages),
@@ -862,12 +873,13 @@ impl Tracking {
 
     /// Arms (read-only) or un-arms (caller's protection) the run `[a, b)`,
     /// whose pages all have the caller protection `prot` (which includes
-    /// PROT_WRITE). The flag must be held. On failure returns errno and
-    /// leaves the bits alone: a failed mprotect may have changed part of
-    /// the run, which is still safe because callers set W before an
-    /// un-arm and clear W only after a successful arm; a page left
-    /// read-only but not marked armed is still claimed by the handler
-    /// (it claims every caller-writable page).
+    /// PROT_WRITE). The flag must be held. On failure returns errno: a
+    /// failed mprotect may have changed part of the run, which is still
+    /// safe because callers set W before an un-arm and clear W only after
+    /// a successful arm. A failed arm leaves A alone (a page left
+    /// read-only but not marked armed is still claimed by the handler: it
+    /// claims every caller-writable page); a failed un-arm clears A, so
+    /// that A set always means read-only (settling relies on it).
     pub(crate) fn protect_run(
         &self,
         a: usize,
@@ -877,7 +889,12 @@ impl Tracking {
     ) -> Result<(), c_int> {
         let target = if arm { prot & !PROT_WRITE } else { prot };
         let delta = self.vma_delta(a, b, arm);
-        self.mprotect_pages(a, b, target)?;
+        if let Err(e) = self.mprotect_pages(a, b, target) {
+            if !arm {
+                update(&self.armed, a, b, false);
+            }
+            return Err(e);
+        }
         update(&self.armed, a, b, arm);
         self.account(delta);
         Ok(())
@@ -921,10 +938,47 @@ impl Tracking {
         Ok(())
     }
 
+    /// Marks the caller-writable pages of block `[s, e)` that were not
+    /// written as guessed (G), except the pages `[a, b)` the caller asked
+    /// for, which are written for real. Before the block is opened.
+    fn mark_guessed(&self, s: usize, e: usize, a: usize, b: usize) {
+        for_words(s, e, |w, m| {
+            let load = |bm: &AtomicBitmap| bm.words().get(w).map_or(0, |x| x.load(Acquire));
+            let fresh = m & load(&self.may_write) & !load(&self.written);
+            if let Some(word) = self.guessed.words().get(w) {
+                word.fetch_or(fresh, AcqRel);
+            }
+        });
+        update(&self.guessed, a, b, false);
+    }
+
+    /// The caller's protection if it is the same for all pages of `[a, b)`
+    /// and includes PROT_WRITE (word at a time).
+    pub(crate) fn uniform_writable_prot(&self, a: usize, b: usize) -> Option<i32> {
+        let prot = self.caller_prot(a);
+        if prot & PROT_WRITE == 0 || a >= b || b > self.pages {
+            return None;
+        }
+        let mut uniform = true;
+        for_words(a, b, |w, m| {
+            for (bm, bit) in [
+                (&self.may_read, libc::PROT_READ),
+                (&self.may_write, PROT_WRITE),
+                (&self.may_exec, libc::PROT_EXEC),
+            ] {
+                let x = bm.words().get(w).map_or(0, |x| x.load(Acquire)) & m;
+                let want = if prot & bit != 0 { m } else { 0 };
+                uniform &= x == want;
+            }
+        });
+        uniform.then_some(prot)
+    }
+
     /// Makes pages `[a, b)` writable (where the caller allows it) and marks
     /// them written, climbing to larger aligned blocks when the map-count
-    /// budget or the kernel says no. The flag must be held. False only if
-    /// even the whole region could not be made writable.
+    /// budget or the kernel says no; the other pages of a block are marked
+    /// guessed (G). The flag must be held. False only if even the whole
+    /// region could not be made writable.
     pub(crate) fn open_covering(&self, a: usize, b: usize) -> bool {
         for g in GRANULES {
             let (s, e) = if g == 1 {
@@ -961,12 +1015,14 @@ impl Tracking {
                     continue;
                 }
             }
+            self.mark_guessed(s, e, a, b);
             match self.open(s, e) {
                 Ok(()) => return true,
                 Err(libc::ENOMEM) => note_map_pressure(),
                 Err(_) => return false,
             }
         }
+        self.mark_guessed(0, self.pages, a, b);
         match self.open(0, self.pages) {
             Ok(()) => true,
             Err(e) => {
