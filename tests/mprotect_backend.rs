@@ -380,9 +380,23 @@ struct Tokens {
     base: usize,
     pages: usize,
     writer_pages: usize,
+    /// Writer page `p` is region page `p * stride` (isolated pages when
+    /// the stride is above 1).
+    stride: usize,
+    /// Writers discard a page (`MADV_DONTNEED`) before writing it again,
+    /// so that every write is a first touch of an unpopulated page.
+    discard: bool,
+    /// Threads wait for this before their first write or get; the reader
+    /// counts itself in `readers_ready` once its buffer is allocated.
+    gate: AtomicBool,
+    readers_ready: AtomicUsize,
+    /// Writers stop after this long, whatever the sweeps.
+    seconds: u64,
     tokens: Vec<AtomicU8>,
     writes: AtomicUsize,
     consumed: AtomicUsize,
+    /// Completed writes a full get did not report (must stay 0).
+    late: AtomicUsize,
     duplicates: AtomicUsize,
     done: AtomicBool,
 }
@@ -393,10 +407,16 @@ impl Tokens {
             base,
             pages,
             writer_pages,
+            stride: 1,
+            discard: false,
+            gate: AtomicBool::new(true),
+            readers_ready: AtomicUsize::new(0),
+            seconds: 20,
             tokens: (0..pages).map(|_| AtomicU8::new(0)).collect(),
             writes: AtomicUsize::new(0),
             consumed: AtomicUsize::new(0),
             duplicates: AtomicUsize::new(0),
+            late: AtomicUsize::new(0),
             done: AtomicBool::new(false),
         }
     }
@@ -404,24 +424,58 @@ impl Tokens {
     /// `sweeps` passes over this writer's pages, writing each page whose
     /// token is free. Bounded by sweeps, not by writes, so that a lost
     /// write (a token never returned) cannot hang the test.
+    fn wait_for_gate(&self) {
+        while !self.gate.load(SeqCst) {
+            std::thread::yield_now();
+        }
+    }
+
     fn writer(&self, id: usize, writers: usize, sweeps: usize) {
+        self.wait_for_gate();
         let mut n = 0;
         let mut x = id as u64 * 7919 + 1;
         // Also bounded in time: under emulation (qemu TCG) a fault costs
         // ~20x more and the sweeps alone can take minutes. The oracle does
         // not depend on how many writes were made.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(self.seconds);
         for _ in 0..sweeps {
             if std::time::Instant::now() > deadline {
                 break;
             }
+            if self.discard {
+                // A pass of its own, a yield before the writes: settling
+                // gets time to read the pagemap between a page's discard
+                // and its write.
+                for p in (id..self.writer_pages).step_by(writers) {
+                    let p = p * self.stride;
+                    if self.tokens[p].load(SeqCst) == 0 {
+                        // SAFETY: a page of the watched allocation that only
+                        // this writer writes; its last contents were
+                        // reported (token 0), so dropping them is fine.
+                        let rc = unsafe {
+                            libc::madvise(
+                                (self.base + p * ps()) as *mut libc::c_void,
+                                ps(),
+                                libc::MADV_DONTNEED,
+                            )
+                        };
+                        assert_eq!(rc, 0, "madvise(MADV_DONTNEED)");
+                    }
+                }
+                std::thread::yield_now();
+            }
             for p in (id..self.writer_pages).step_by(writers) {
+                let p = p * self.stride;
                 if self.tokens[p].load(SeqCst) == 0 {
                     self.tokens[p].store(1, SeqCst);
                     x = x
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
                     poke(self.base + p * ps() + (x >> 33) as usize % ps(), x as u8);
+                    // Written. If a get reported the page meanwhile (its
+                    // fault, before the store landed) the token is 0
+                    // already, and that report covers this write.
+                    let _ = self.tokens[p].compare_exchange(1, 2, SeqCst, SeqCst);
                     n += 1;
                 }
             }
@@ -433,7 +487,7 @@ impl Tokens {
     fn consume(&self, reported: &[usize]) {
         for &a in reported {
             let p = (a - self.base) / ps();
-            if self.tokens[p].swap(0, SeqCst) == 1 {
+            if self.tokens[p].swap(0, SeqCst) != 0 {
                 self.consumed.fetch_add(1, SeqCst);
             } else {
                 self.duplicates.fetch_add(1, SeqCst);
@@ -444,32 +498,52 @@ impl Tokens {
     /// Gets with reset until the writers are done, with varying capacity
     /// (a full output resets only the returned prefix) and sub-ranges.
     fn reader(&self) -> usize {
+        // Everything allocated before the gate (at the map limit even
+        // malloc's mmap fails).
         let mut out = vec![0usize; self.pages];
+        let mut snap: Vec<usize> = Vec::with_capacity(self.pages);
+        let mut seen = vec![false; self.pages];
         let caps = [1, 7, 64, self.pages];
         let mut gets = 0;
-        while !self.done.load(SeqCst) {
-            let cap = caps[gets % caps.len()];
-            let (from, to) = if gets % 5 == 4 {
-                (self.pages / 3, self.pages)
-            } else {
-                (0, self.pages)
-            };
-            let len = (to - from) * ps();
+        self.readers_ready.fetch_add(1, SeqCst);
+        self.wait_for_gate();
+        // One get with reset; a full one (whole region, room for every
+        // page) must report every write that completed before it began and
+        // was not reported yet (token 2): not reporting it now is a lost
+        // write even if some later get would report it.
+        let mut get = |from: usize, cap: usize| -> usize {
+            let full = from == 0 && cap == self.pages;
+            if full {
+                snap.clear();
+                snap.extend((0..self.pages).filter(|&p| self.tokens[p].load(SeqCst) == 2));
+            }
+            let len = (self.pages - from) * ps();
             let n =
                 writewatch::get_write_watch(true, self.base + from * ps(), len, &mut out[..cap])
                     .unwrap();
+            if full {
+                out[..n]
+                    .iter()
+                    .for_each(|a| seen[(a - self.base) / ps()] = true);
+                let late = snap.iter().filter(|&&p| !seen[p]).count();
+                if late > 0 {
+                    self.late.fetch_add(late, SeqCst);
+                }
+                out[..n]
+                    .iter()
+                    .for_each(|a| seen[(a - self.base) / ps()] = false);
+            }
             self.consume(&out[..n]);
+            n
+        };
+        while !self.done.load(SeqCst) {
+            let cap = caps[gets % caps.len()];
+            let from = if gets % 5 == 4 { self.pages / 3 } else { 0 };
+            get(from, cap);
             gets += 1;
         }
         // Writers are done: everything still written is collected now.
-        loop {
-            let n =
-                writewatch::get_write_watch(true, self.base, self.pages * ps(), &mut out).unwrap();
-            self.consume(&out[..n]);
-            if n == 0 {
-                break;
-            }
-        }
+        while get(0, self.pages) > 0 {}
         gets
     }
 
@@ -477,15 +551,21 @@ impl Tokens {
         let lost: Vec<usize> = (0..self.pages)
             .filter(|&p| self.tokens[p].load(SeqCst) != 0)
             .collect();
-        let (writes, consumed, dups) = (
+        let (writes, consumed, dups, late) = (
             self.writes.load(SeqCst),
             self.consumed.load(SeqCst),
             self.duplicates.load(SeqCst),
+            self.late.load(SeqCst),
         );
         println!(
-            "{test}: {writes} writes, {consumed} reported, {dups} duplicate reports, {gets} gets-with-reset"
+            "{test}: {writes} writes, {consumed} reported, {dups} duplicate reports, {gets} gets-with-reset, \
+             {late} completed writes missing from a full get"
         );
         assert!(lost.is_empty(), "{test}: LOST writes on pages {lost:?}");
+        assert_eq!(
+            late, 0,
+            "{test}: LOST writes: full gets missed completed writes"
+        );
         assert_eq!(
             consumed, writes,
             "{test}: every write reported exactly once"
@@ -519,6 +599,69 @@ fn torture_writers_vs_get_with_reset_lose_nothing() {
         reader.join().unwrap()
     });
     tk.check("torture_writers_vs_get_with_reset_lose_nothing", gets);
+}
+
+#[test]
+fn torture_in_block_mode_loses_nothing() {
+    require_mprotect!("torture_in_block_mode_loses_nothing");
+    let _one_at_a_time = map_tests_lock();
+    run_child("child_torture_block_mode_body");
+}
+
+#[test]
+#[ignore = "run by torture_in_block_mode_loses_nothing"]
+fn child_torture_block_mode_body() {
+    const NAME: &str = "child_torture_block_mode_body";
+    if !is_child(NAME) {
+        return;
+    }
+    require_mprotect!("child_torture_block_mode_body");
+    // 4,096 isolated writer pages (every 8th page of 128 MiB) with only 24
+    // map entries free: nearly every fault opens a block, and every get
+    // settles blocks while writers fault on the pages it re-arms. Writers
+    // discard each page before writing it again, so each write populates
+    // its page: one that lands in an open block between settling's
+    // pagemap read and its verdict is the case settling must not lose.
+    let (writer_pages, stride) = (4096, 8);
+    let pages = writer_pages * stride;
+    let m = WatchedAlloc::new(pages * ps()).unwrap();
+    let mut tk = Tokens::new(m.as_ptr() as usize, pages, writer_pages);
+    tk.stride = stride;
+    tk.discard = true;
+    tk.gate = AtomicBool::new(false);
+    tk.seconds = 4;
+    let writers = 3;
+    let mut filler = None;
+    let gets = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..writers)
+            .map(|id| {
+                s.spawn({
+                    let tk = &tk;
+                    move || tk.writer(id, writers, 1_000_000)
+                })
+            })
+            .collect();
+        let reader = s.spawn(|| tk.reader());
+        // Threads and buffers exist: now take the map entries (at the limit
+        // even malloc's mmap fails).
+        while tk.readers_ready.load(SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        filler = Some(eat_map_entries(24));
+        tk.gate.store(true, SeqCst);
+        for h in hs {
+            h.join().unwrap();
+        }
+        tk.done.store(true, SeqCst);
+        reader.join().unwrap()
+    });
+    let (est, budget) = writewatch::backend::mprotect::map_budget();
+    println!(
+        "{NAME}: estimate {est}, budget {budget}, map count {}",
+        map_count()
+    );
+    tk.check(NAME, gets);
+    drop(filler);
 }
 
 #[test]
