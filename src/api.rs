@@ -135,6 +135,7 @@ fn commit() -> Result<&'static dyn Backend> {
     // Before any region exists: the fault handler dispatches on this.
     crate::signal::set_active_kind(b.kind());
     OWNER.store(getpid(), Ordering::Release);
+    mm::fork_canary::init();
     Ok(*ACTIVE.get_or_init(|| b))
 }
 
@@ -142,6 +143,11 @@ fn commit() -> Result<&'static dyn Backend> {
 /// bringing a forked child's kernel state up to date.
 fn active() -> Result<&'static dyn Backend> {
     let b = *ACTIVE.get().ok_or(Error::INVAL)?;
+    // One load in the common case; getpid (a system call) only in a child
+    // or where the canary is unavailable.
+    if mm::fork_canary::same_process() {
+        return Ok(b);
+    }
     let pid = getpid();
     if OWNER.load(Ordering::Acquire) != pid {
         let _g = FORK_LOCK.lock();
@@ -150,6 +156,8 @@ fn active() -> Result<&'static dyn Backend> {
             OWNER.store(pid, Ordering::Release);
         }
     }
+    // Only once the child's state is up to date.
+    mm::fork_canary::mark();
     Ok(b)
 }
 

@@ -139,7 +139,8 @@ fn in_forked_child(f: impl FnOnce() -> i32) -> i32 {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
-        let code = f();
+        // A panic must not end the child's only thread normally (status 0).
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
         // SAFETY: terminates the child without running parent state.
         unsafe { libc::_exit(code) };
     }
@@ -831,14 +832,19 @@ fn child_fork_body() {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
-        poke(base + 4 * ps, 1);
-        let got = written(base, 8 * ps, true);
-        poke(base + 6 * ps, 1);
-        let again = written(base, 8 * ps, false);
-        let ok = got == [1, 4] && again == [6];
-        if !ok {
-            eprintln!("child saw {got:?} then {again:?}");
-        }
+        // A panic must not end the child's only thread normally (status 0).
+        let ok = std::panic::catch_unwind(|| {
+            poke(base + 4 * ps, 1);
+            let got = written(base, 8 * ps, true);
+            poke(base + 6 * ps, 1);
+            let again = written(base, 8 * ps, false);
+            let ok = got == [1, 4] && again == [6];
+            if !ok {
+                eprintln!("child saw {got:?} then {again:?}");
+            }
+            ok
+        })
+        .unwrap_or(false);
         // SAFETY: leave the child without running the harness.
         unsafe { libc::_exit(if ok { 0 } else { 1 }) };
     }

@@ -48,7 +48,7 @@ use std::any::Any;
 use std::ffi::c_int;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use parking_lot::Mutex;
 
@@ -492,7 +492,12 @@ impl Backend for Mprotect {
         }
         let ps = page_size();
         let (lo, hi) = indices(t, range);
-        if st.private.load(Relaxed) {
+        if st.private.load(Relaxed) && t.any_guessed.load(Acquire) {
+            if lo == 0 && hi == t.pages {
+                // Before reading the G bits: one set from now on sets the
+                // flag again.
+                t.any_guessed.store(false, Release);
+            }
             settle(t, lo, hi);
         }
         let mut rearm = Rearm::new(t);

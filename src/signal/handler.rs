@@ -654,6 +654,9 @@ pub(crate) struct Tracking {
     /// G pages of private memory before reporting them: it arms them and
     /// keeps W only where the kernel shows the page populated.
     pub(crate) guessed: AtomicBitmap,
+    /// Set after G bits are set (cleared by a settle of the whole region
+    /// before it reads them): lets a scan skip looking for G bits.
+    pub(crate) any_guessed: std::sync::atomic::AtomicBool,
     /// The caller's protection, one bitmap per PROT_* bit.
     pub(crate) may_read: AtomicBitmap,
     /// C: the caller allows writing.
@@ -716,6 +719,7 @@ impl Tracking {
             written: AtomicBitmap::new(pages),
             armed: AtomicBitmap::new(pages),
             guessed: AtomicBitmap::new(pages),
+            any_guessed: std::sync::atomic::AtomicBool::new(false),
             may_read: AtomicBitmap::new(pages),
             may_write: AtomicBitmap::new(pages),
             may_exec: AtomicBitmap::new(pages),
@@ -826,12 +830,18 @@ impl Tracking {
         let lo = a.max(1);
         let hi = b.min(self.pages.saturating_sub(1));
         if lo <= hi {
+            // Words come in ascending order: each one is the next one's
+            // `prev`, so every word is loaded once (plus the first one's
+            // predecessor).
+            let mut last: Option<(usize, (u64, u64, u64))> = None;
             for_words(lo, hi.saturating_add(1), |w, m| {
                 let cur = self.kernel_words(w, arm_override);
-                let prev = match w.checked_sub(1) {
-                    Some(p) => self.kernel_words(p, arm_override),
-                    None => (0, 0, 0),
+                let prev = match (last, w.checked_sub(1)) {
+                    (Some((lw, words)), Some(p)) if lw == p => words,
+                    (_, Some(p)) => self.kernel_words(p, arm_override),
+                    (_, None) => (0, 0, 0),
                 };
+                last = Some((w, cur));
                 // Bit i of `shifted(x, p)` is bit i-1 of the page sequence.
                 let shifted = |x: u64, p: u64| x.wrapping_shl(1) | p.wrapping_shr(63);
                 let differ = (cur.0 ^ shifted(cur.0, prev.0))
@@ -950,6 +960,7 @@ impl Tracking {
             }
         });
         update(&self.guessed, a, b, false);
+        self.any_guessed.store(true, Release);
     }
 
     /// The caller's protection if it is the same for all pages of `[a, b)`

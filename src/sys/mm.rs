@@ -217,3 +217,56 @@ mod tests {
         assert_eq!(tiny.capacity(), cap);
     }
 }
+
+/// A fork detector that costs one load: a private page with
+/// `MADV_WIPEONFORK` (Linux 4.14+), which reads as zeros in any child
+/// process, however it was created (glibc `fork`, `vfork`+not-exec, raw
+/// `clone` without `CLONE_VM`), where `pthread_atfork` handlers do not run
+/// for the raw cases. Made on first use, never freed (one page, one VMA).
+pub mod fork_canary {
+    use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+    /// Address of the canary page; 0 = not made yet, 1 = unavailable.
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+
+    fn byte() -> Option<&'static AtomicU8> {
+        let p = PAGE.load(Ordering::Acquire);
+        // SAFETY: a value above 1 is the address of our page, mapped
+        // read-write for the life of the process and used only through
+        // this atomic byte (zero-filled in a child, which is a valid u8).
+        (p > 1).then(|| unsafe { &*(p as *const AtomicU8) })
+    }
+
+    /// Makes the canary (if possible) and marks this process as its owner.
+    /// Call once, serialized, before [`same_process`] is relied on.
+    pub fn init() {
+        if PAGE.load(Ordering::Acquire) == 0 {
+            let ps = crate::page::page_size();
+            let made = super::reserve(ps).and_then(|p| {
+                // SAFETY: our fresh reservation, referenced by nothing yet.
+                let ready = unsafe { super::protect(p, ps, libc::PROT_READ | libc::PROT_WRITE) }
+                    .and_then(|()| super::advise(p, ps, libc::MADV_WIPEONFORK));
+                if ready.is_err() {
+                    // SAFETY: as above; nothing references it.
+                    let _ = unsafe { super::unmap(p, ps) };
+                }
+                ready.map(|()| p)
+            });
+            PAGE.store(made.unwrap_or(1), Ordering::Release);
+        }
+        mark();
+    }
+
+    /// After a fork was handled: this process owns the canary again.
+    pub fn mark() {
+        if let Some(b) = byte() {
+            b.store(1, Ordering::Release);
+        }
+    }
+
+    /// True if this is the process that last called [`mark`]; false in a
+    /// child that has not (or if the canary is unavailable: ask getpid).
+    pub fn same_process() -> bool {
+        byte().is_some_and(|b| b.load(Ordering::Acquire) == 1)
+    }
+}

@@ -145,3 +145,50 @@ pub fn run_child(case: &str, env: &[(&str, &str)]) -> String {
 pub fn child_case() -> Option<String> {
     std::env::var("WW_CHILD").ok()
 }
+
+/// The fork scenario of `tests/fork*.rs`, with the child made by `spawn`
+/// (returns the child's pid in the parent, 0 in the child): a child misses
+/// no write made after the fork (its first get may report extra pages),
+/// and the parent is unaffected.
+pub fn fork_scenario(spawn: impl FnOnce() -> libc::pid_t) {
+    let base = writewatch::alloc(16 * ps()).unwrap();
+    poke(base + ps(), 1);
+    assert_eq!(written(base, 16 * ps(), true), [1]);
+    let pid = spawn();
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // A panic must not end the child's only thread normally: that
+        // would exit the child with status 0.
+        let ok = std::panic::catch_unwind(|| {
+            poke(base + 3 * ps(), 1);
+            let first = written(base, 16 * ps(), true);
+            poke(base + 7 * ps(), 2);
+            let second = written(base, 16 * ps(), true);
+            let ok = first.contains(&3)
+                && second.contains(&7)
+                && written(base, 16 * ps(), false).is_empty();
+            if !ok {
+                eprintln!("child: first {first:?} second {second:?}");
+            }
+            ok
+        })
+        .unwrap_or(false);
+        // SAFETY: leave the child without running the parent's destructors.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    poke(base + 5 * ps(), 1);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child failed: {status:#x}"
+    );
+    assert_eq!(
+        written(base, 16 * ps(), true),
+        [5],
+        "parent: exactly its own write"
+    );
+    // SAFETY: no references into the region remain.
+    unsafe { writewatch::free(base) }.unwrap();
+}
