@@ -30,6 +30,11 @@
 #                       Without ":...", the expectation comes from kernels.list.
 #   WW_KERNEL_TIMEOUT   seconds per VM (boot + both passes of the suite),
 #                       default 1800
+#   WW_VM_BENCH         benchmark mode (`make bench-kernels`): instead of the
+#                       tests, each VM runs ww-bench with these arguments
+#                       (e.g. "--only softdirty --rounds 3"); its Markdown
+#                       results are saved as .cache/test-kernels/bench-<series>.md
+#                       and printed. No host row, no test table.
 #   WW_UNPRIV           0 = skip the VMs' second, unprivileged pass (uid
 #                       65534, vm.unprivileged_userfaultfd=0; its results form
 #                       a "<series> as nobody" row). Default 1
@@ -62,6 +67,10 @@ WORK=$REPO/.cache/test-kernels # initramfs, serial logs of the last run
 
 KERNEL_TIMEOUT=${WW_KERNEL_TIMEOUT:-1800}
 UNPRIV=${WW_UNPRIV:-1}
+VM_BENCH=${WW_VM_BENCH:-}
+if [[ -n $VM_BENCH ]]; then
+    WW_HOST=0 UNPRIV=0
+fi
 TEST_TIMEOUT=${WW_TEST_TIMEOUT:-300}
 HOST_EXPECT=${WW_HOST_EXPECT:-written,mprotect}
 QEMU_MEM=${WW_QEMU_MEM:-3G}
@@ -285,6 +294,14 @@ else
 fi
 [[ -x $PROBE ]] || die "probe $PROBE is not an executable"
 
+BENCH_BIN=""
+if [[ -n $VM_BENCH ]]; then
+    log "building the benchmark: cargo build --release --bin ww-bench"
+    json=$(cargo build --release --bin ww-bench --message-format=json) || die "cargo build --bin ww-bench failed"
+    BENCH_BIN=$(cargo_executables bin ww-bench <<<"$json" | tail -n 1)
+    [[ -x $BENCH_BIN ]] || die "no ww-bench executable"
+fi
+
 # Whether the top Makefile defines target $1. Reads make's database for a
 # goal that does not exist, so that nothing gets built or run (unlike
 # `make -n`, which still runs recursive $(MAKE) lines).
@@ -329,6 +346,7 @@ mkdir -p "$ROOT"/{ww/bin,ww/rust,ww/c,ww/lib,ww/scripts,bin,sbin,usr/bin,usr/sbi
 install -m 0755 "$SCRIPTS/vm-init.sh" "$ROOT/init"
 install -m 0755 "$SCRIPTS/run-backends.sh" "$ROOT/ww/scripts/run-backends.sh"
 cp "$PROBE" "$ROOT/ww/bin/ww-probe"
+[[ -n $BENCH_BIN ]] && cp "$BENCH_BIN" "$ROOT/ww/bin/ww-bench"
 # Integration tests may run the probe via env!("CARGO_BIN_EXE_ww-probe"), an
 # absolute host path baked in at build time: make it resolve in the VM too.
 mkdir -p "$ROOT$(dirname "$PROBE")"
@@ -350,6 +368,7 @@ fi
     [[ -n ${WW_FAIL_TAIL:-} ]] && printf 'export WW_FAIL_TAIL=%q\n' "$WW_FAIL_TAIL"
     [[ -n ${WW_SHOW_OUTPUT:-} ]] && printf 'export WW_SHOW_OUTPUT=%q\n' "$WW_SHOW_OUTPUT"
     printf 'export WW_UNPRIV=%q\n' "$UNPRIV"
+    printf 'export WW_VM_BENCH=%q\n' "$VM_BENCH"
     true
 } >"$ROOT/ww/env"
 
@@ -409,7 +428,7 @@ fi
 # 5. Run: host, then each kernel in a VM (one after another)
 # ---------------------------------------------------------------------------
 # ROWS: row labels; EXP[row]: expected backends; RESULT/DETAIL[row,backend].
-ROWS=()
+ROWS=() BENCH_DONE=() BENCH_FAILED=()
 declare -A EXP=() RESULT=() DETAIL=() LABEL=()
 
 # A run's log as plain lines: no CRs from the serial console, no terminal
@@ -485,6 +504,17 @@ for i in "${!SERIES[@]}"; do
     why+=", last console line: '$last'"
     kver=$(clean_log "$vmlog" | sed -n 's/^WWUNAME //p' | head -n 1)
     [[ -n $kver ]] && LABEL[$row]="${SERIES[i]} $kver"
+    if [[ -n $VM_BENCH ]]; then
+        out=$WORK/bench-${SERIES[i]}.md
+        clean_log "$vmlog" | sed -n 's/^WWBENCH //p' >"$out"
+        if clean_log "$vmlog" | grep -q '^WWBENCHDONE 0$'; then
+            echo "kernel ${SERIES[i]}: benchmark results in $out"
+            BENCH_DONE+=("${SERIES[i]} ${kver:-?}: $out")
+        else
+            BENCH_FAILED+=("${SERIES[i]}: $why")
+        fi
+        continue
+    fi
     collect "$row" "$vmlog" "$(clean_log "$vmlog" | grep -c '^WWDONE$' || true)" "$why"
     if [[ $UNPRIV != 0 ]]; then
         [[ -n $kver ]] && LABEL[$urow]="${SERIES[i]} $kver as nobody"
@@ -495,6 +525,19 @@ done
 # ---------------------------------------------------------------------------
 # 6. Table
 # ---------------------------------------------------------------------------
+if [[ -n $VM_BENCH ]]; then
+    log "benchmark results (total $((SECONDS - T0))s)"
+    for f in "${BENCH_DONE[@]}"; do
+        echo
+        echo "## ${f%%:*}"
+        cat "${f#*: }"
+    done
+    for f in "${BENCH_FAILED[@]}"; do echo "### benchmark FAILED on $f"; done
+    echo
+    echo "${#BENCH_DONE[@]} benchmarked, ${#BENCH_FAILED[@]} failed"
+    [[ ${#BENCH_FAILED[@]} -eq 0 ]]
+    exit
+fi
 # Final verdict of one cell: passed / failed / skipped (an expected backend
 # that was skipped is a failure).
 npass=0 nfail=0

@@ -34,9 +34,17 @@
 //! kernel stops at `vm.max_map_count`. The handler spends at most a
 //! budget of VMAs (half the free map entries, measured at start-up and
 //! again after any ENOMEM) and beyond it, or on ENOMEM, unprotects larger
-//! aligned blocks and reports all of their pages written. See the handler
-//! file's "Map count" note. A reset that cannot re-arm a page for lack of
-//! map entries leaves it marked written (reported again: never lost).
+//! aligned blocks and marks all of their pages written, the ones nobody
+//! faulted on as *guessed*. See the handler file's "Map count" note. In
+//! private memory a get first settles the guessed pages ([`settle`]): it
+//! arms them again and keeps only those `/proc/self/pagemap` shows
+//! populated, so a block costs extra reports only for pages that were
+//! touched before (in a fresh sparse region: none). A reset that cannot
+//! re-arm a page for lack of map entries leaves it marked written
+//! (reported again: never lost).
+//!
+//! **Resets** re-arm the reported runs of a batch with one mprotect over
+//! their span (as Wine does for a whole reset) rather than one per run.
 //!
 //! **Fork.** The child inherits the protections, the handler and the
 //! bitmaps, so tracking simply continues in both processes; a spin flag

@@ -874,11 +874,33 @@ impl Tracking {
             return None;
         }
         let prot = self.caller_prot(i);
-        let mut e = i.saturating_add(1);
-        while e < b && self.caller_prot(e) == prot {
-            e = e.saturating_add(1);
-        }
-        Some((i, e, prot))
+        // Word at a time (this runs in the handler over whole regions): the
+        // first page at or after `i` whose protection differs from page i's.
+        let want = |bit: i32| if prot & bit != 0 { u64::MAX } else { 0 };
+        let (r, w, x) = (
+            want(libc::PROT_READ),
+            want(PROT_WRITE),
+            want(libc::PROT_EXEC),
+        );
+        let mut end = b;
+        let mut found = false;
+        for_words(i, b, |word, m| {
+            if found {
+                return;
+            }
+            let load = |bm: &AtomicBitmap| bm.words().get(word).map_or(0, |v| v.load(Acquire));
+            let differ = ((load(&self.may_read) ^ r)
+                | (load(&self.may_write) ^ w)
+                | (load(&self.may_exec) ^ x))
+                & m;
+            if differ != 0 {
+                found = true;
+                end = word
+                    .saturating_mul(64)
+                    .saturating_add(differ.trailing_zeros() as usize);
+            }
+        });
+        Some((i, end, prot))
     }
 
     /// Arms (read-only) or un-arms (caller's protection) the run `[a, b)`,
@@ -1116,7 +1138,7 @@ mod tests {
     }
 
     #[test]
-    fn word_boundaries_match_page_by_page() {
+    fn word_helpers_match_page_by_page() {
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
             x ^= x << 13;
@@ -1149,6 +1171,12 @@ mod tests {
                 for _ in 0..20 {
                     let a = (next() as usize) % pages;
                     let b = a + 1 + (next() as usize) % (pages - a);
+                    let (s, e, prot) = t.prot_run(a, b).unwrap();
+                    let naive_end = (a..b).find(|&i| t.caller_prot(i) != prot).unwrap_or(b);
+                    assert_eq!((s, e, prot), (a, naive_end, t.caller_prot(a)), "prot_run");
+                    let uniform =
+                        (a..b).all(|i| t.caller_prot(i) == prot) && prot & PROT_WRITE != 0;
+                    assert_eq!(t.uniform_writable_prot(a, b), uniform.then_some(prot));
                     for ovr in [None, Some((a, b, true)), Some((a, b, false))] {
                         assert_eq!(
                             t.boundaries(a, b, ovr),
