@@ -1103,7 +1103,11 @@ fn note_map_pressure() {
 }
 
 #[cfg(test)]
-#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::expect_used
+)]
 mod tests {
     use super::*;
 
@@ -1171,7 +1175,7 @@ mod tests {
                 for _ in 0..20 {
                     let a = (next() as usize) % pages;
                     let b = a + 1 + (next() as usize) % (pages - a);
-                    let (s, e, prot) = t.prot_run(a, b).unwrap();
+                    let (s, e, prot) = t.prot_run(a, b).expect("a < b: a run");
                     let naive_end = (a..b).find(|&i| t.caller_prot(i) != prot).unwrap_or(b);
                     assert_eq!((s, e, prot), (a, naive_end, t.caller_prot(a)), "prot_run");
                     let uniform =
