@@ -10,6 +10,5 @@ use common::*;
 #[test]
 fn child_tracks_writes_and_parent_is_unaffected() {
     require_backend!();
-    // SAFETY: the child only calls the library and _exit.
-    fork_scenario(|| unsafe { libc::fork() });
+    fork_scenario(fork);
 }

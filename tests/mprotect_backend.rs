@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{peek, poke, ps};
+use common::{exited_ok, fork, in_child, peek, poke, ps};
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -128,26 +128,6 @@ impl Drop for Mapping {
         // SAFETY: our own mapping; nothing borrows it.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
     }
-}
-
-/// Forks; the child runs `f` and `_exit`s with its result. Returns the raw
-/// wait status. Only for children that run no locking code (the test
-/// process is multi-threaded).
-fn in_forked_child(f: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: fork; the child only runs `f` (plain memory accesses and our
-    // lock-free fault path) and then _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        // A panic must not end the child's only thread normally (status 0).
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
-        // SAFETY: terminates the child without running parent state.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    status
 }
 
 fn died_of(status: i32, sig: i32) -> bool {
@@ -331,7 +311,7 @@ fn protect_combines_caller_protection_with_watch_state() {
     );
     // A write to a page the caller made read-only is not ours: the
     // process dies of SIGSEGV (in a child).
-    let status = in_forked_child(|| {
+    let status = in_child(fork, || {
         poke(base + 3 * ps, 1);
         0
     });
@@ -340,7 +320,7 @@ fn protect_combines_caller_protection_with_watch_state() {
         "write to caller-RO page: status {status:#x}"
     );
     // Even a page that was already written.
-    let status = in_forked_child(|| {
+    let status = in_child(fork, || {
         poke(base + 2 * ps, 1);
         0
     });
@@ -351,7 +331,7 @@ fn protect_combines_caller_protection_with_watch_state() {
 
     m.protect(5 * ps..6 * ps, Protection::None).unwrap();
     assert_eq!(perms_at(base + 5 * ps), "---p");
-    let status = in_forked_child(|| i32::from(peek(base + 5 * ps)));
+    let status = in_child(fork, || i32::from(peek(base + 5 * ps)));
     assert!(
         died_of(status, libc::SIGSEGV),
         "read of caller-NONE page: status {status:#x}"
@@ -827,34 +807,20 @@ fn child_fork_body() {
     let mut m = WatchedAlloc::new(8 * ps).unwrap();
     let base = m.as_ptr() as usize;
     m.as_mut_slice()[ps] = 1;
-    // SAFETY: this process is single-threaded apart from the idle harness
-    // thread, so the child may use the library (its locks are free).
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        // A panic must not end the child's only thread normally (status 0).
-        let ok = std::panic::catch_unwind(|| {
-            poke(base + 4 * ps, 1);
-            let got = written(base, 8 * ps, true);
-            poke(base + 6 * ps, 1);
-            let again = written(base, 8 * ps, false);
-            let ok = got == [1, 4] && again == [6];
-            if !ok {
-                eprintln!("child saw {got:?} then {again:?}");
-            }
-            ok
-        })
-        .unwrap_or(false);
-        // SAFETY: leave the child without running the harness.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child status {status:#x}"
-    );
+    // This process is single-threaded apart from the idle harness thread,
+    // so the child may use the library (its locks are free).
+    let status = in_child(fork, || {
+        poke(base + 4 * ps, 1);
+        let got = written(base, 8 * ps, true);
+        poke(base + 6 * ps, 1);
+        let again = written(base, 8 * ps, false);
+        let ok = got == [1, 4] && again == [6];
+        if !ok {
+            eprintln!("child saw {got:?} then {again:?}");
+        }
+        i32::from(!ok)
+    });
+    assert!(exited_ok(status), "child status {status:#x}");
     // The parent's state is its own.
     poke(base + 2 * ps, 1);
     assert_eq!(written(base, 8 * ps, true), [1, 2]);

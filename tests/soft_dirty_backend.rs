@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{peek, poke, ps};
+use common::{exited_ok, fork, in_child, peek, poke, ps};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -1366,31 +1366,19 @@ fn fork_scenario() {
     poke(b + ps(), 1);
     assert_eq!(all(b, 16, true), vec![1]);
     poke(b + 2 * ps(), 1); // written before the fork, not yet reported
-    // SAFETY: this process has one thread here (the harness runs this test
-    // alone with --test-threads=1), so the child may run Rust code.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let ok = std::panic::catch_unwind(|| {
-            poke(b + 5 * ps(), 1);
-            let got = all(b, 16, false);
-            assert!(is_superset(&got, &[2, 5]), "child first get {got:?}");
-            noise("child's first get after fork", &got, &[2, 5]);
-            all(b, 16, true);
-            poke(b + 7 * ps(), 1);
-            assert_eq!(all(b, 16, false), vec![7], "child exact after a reset");
-        })
-        .is_ok();
-        // SAFETY: leave the child without running the parent's harness.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child failed"
-    );
+    // This process has one thread here (the harness runs this test alone
+    // with --test-threads=1), so the child may run Rust code.
+    let status = in_child(fork, || {
+        poke(b + 5 * ps(), 1);
+        let got = all(b, 16, false);
+        assert!(is_superset(&got, &[2, 5]), "child first get {got:?}");
+        noise("child's first get after fork", &got, &[2, 5]);
+        all(b, 16, true);
+        poke(b + 7 * ps(), 1);
+        assert_eq!(all(b, 16, false), vec![7], "child exact after a reset");
+        0
+    });
+    assert!(exited_ok(status), "child failed: {status:#x}");
     assert_eq!(
         all(b, 16, false),
         vec![2],

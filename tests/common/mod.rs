@@ -146,44 +146,59 @@ pub fn child_case() -> Option<String> {
     std::env::var("WW_CHILD").ok()
 }
 
+/// Runs `f` in a child process made by `spawn` (which returns the child's
+/// pid in the parent and 0 in the child, like fork) and returns the child's
+/// raw wait status. The child `_exit`s with `f`'s value, or 101 if `f`
+/// panicked: a panic must not end the child's only thread normally, which
+/// would exit the child with status 0. Only for children that run no code
+/// whose locks another thread of the parent could have held at the fork.
+pub fn in_child(spawn: impl FnOnce() -> libc::pid_t, f: impl FnOnce() -> i32) -> i32 {
+    let pid = spawn();
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
+        // SAFETY: leaves the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    status
+}
+
+/// `fork(2)`, for [`in_child`].
+pub fn fork() -> libc::pid_t {
+    // SAFETY: fork has no memory-safety preconditions; what the child may
+    // run afterwards is `in_child`'s caller's concern.
+    unsafe { libc::fork() }
+}
+
+/// True for the wait status of a child that exited with status 0.
+pub fn exited_ok(status: i32) -> bool {
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+}
+
 /// The fork scenario of `tests/fork*.rs`, with the child made by `spawn`
-/// (returns the child's pid in the parent, 0 in the child): a child misses
-/// no write made after the fork (its first get may report extra pages),
-/// and the parent is unaffected.
+/// (see [`in_child`]): a child misses no write made after the fork (its
+/// first get may report extra pages), and the parent is unaffected.
 pub fn fork_scenario(spawn: impl FnOnce() -> libc::pid_t) {
     let base = writewatch::alloc(16 * ps()).unwrap();
     poke(base + ps(), 1);
     assert_eq!(written(base, 16 * ps(), true), [1]);
-    let pid = spawn();
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        // A panic must not end the child's only thread normally: that
-        // would exit the child with status 0.
-        let ok = std::panic::catch_unwind(|| {
-            poke(base + 3 * ps(), 1);
-            let first = written(base, 16 * ps(), true);
-            poke(base + 7 * ps(), 2);
-            let second = written(base, 16 * ps(), true);
-            let ok = first.contains(&3)
-                && second.contains(&7)
-                && written(base, 16 * ps(), false).is_empty();
-            if !ok {
-                eprintln!("child: first {first:?} second {second:?}");
-            }
-            ok
-        })
-        .unwrap_or(false);
-        // SAFETY: leave the child without running the parent's destructors.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-    }
+    let status = in_child(spawn, || {
+        poke(base + 3 * ps(), 1);
+        let first = written(base, 16 * ps(), true);
+        poke(base + 7 * ps(), 2);
+        let second = written(base, 16 * ps(), true);
+        let ok =
+            first.contains(&3) && second.contains(&7) && written(base, 16 * ps(), false).is_empty();
+        if !ok {
+            eprintln!("child: first {first:?} second {second:?}");
+        }
+        i32::from(!ok)
+    });
     poke(base + 5 * ps(), 1);
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child failed: {status:#x}"
-    );
+    assert!(exited_ok(status), "child failed: {status:#x}");
     assert_eq!(
         written(base, 16 * ps(), true),
         [5],
