@@ -281,6 +281,25 @@ fn settle(t: &Tracking, lo: usize, hi: usize) {
 }
 
 fn settle_run(t: &Tracking, s: usize, e: usize) {
+    // Step 0: a look first. Where every guessed page is populated nothing
+    // can be dropped: those pages stop being guesses (they stay written, and
+    // are re-armed by the next reset), and the run is not armed for nothing.
+    // (Clearing G without the flag is safe: the handler sets G only on pages
+    // whose W is clear, and only we clear W.)
+    let mut unpopulated = false;
+    let whole = for_each_populated_chunk(t, s, e, |words| {
+        for &(w, span, populated) in words {
+            let g = span & t.guessed.word(w);
+            if g & !populated != 0 {
+                unpopulated = true;
+            } else {
+                t.guessed.and_word(w, !g);
+            }
+        }
+    });
+    if !whole || !unpopulated {
+        return; // (a pagemap error leaves the rest guessed: reported whole)
+    }
     // Step 1: arm the guessed run together with the open pages around it
     // (a whole open run: its ends are VMA boundaries, so this only merges;
     // those pages keep their written bits).
@@ -296,43 +315,65 @@ fn settle_run(t: &Tracking, s: usize, e: usize) {
             i = b;
         }
     });
-    // Step 2: per chunk, read the pagemap, then drop W where A is still set
-    // and the page is not populated.
+    // Step 2: read the pagemap again, then drop W where A is still set and
+    // the page is not populated.
+    for_each_populated_chunk(t, s, e, |words| {
+        critical(t, |t| {
+            for &(w, span, populated) in words {
+                let settled = span & t.guessed.word(w) & t.armed.word(w);
+                t.written.and_word(w, !(settled & !populated));
+                t.guessed.and_word(w, !settled);
+            }
+        });
+    });
+}
+
+/// Reads the pagemap of pages `[s, e)` in chunks and calls `f` per chunk
+/// with one `(word, span, populated)` per bitmap word: `span` marks the
+/// word's pages inside the range, `populated` those the kernel shows
+/// present or swapped. False if a read failed (the chunks from there on are
+/// skipped).
+fn for_each_populated_chunk(
+    t: &Tracking,
+    s: usize,
+    e: usize,
+    mut f: impl FnMut(&[(usize, u64, u64)]),
+) -> bool {
     let ps = page_size();
     let mut entries = [0u64; SETTLE_CHUNK];
+    let mut words = [(0usize, 0u64, 0u64); SETTLE_CHUNK / 64 + 1];
     let mut c = s;
     while c < e {
         // Whole bitmap words per chunk (the first may start mid-word).
         let n = (e - c).min(SETTLE_CHUNK - c % 64);
-        let Some(addr) = t.addr(c) else { return };
+        let Some(addr) = t.addr(c) else { return false };
         if pagemap::read_entries(addr, ps, &mut entries[..n]).is_err() {
-            return; // stays guessed: reported whole, never lost
+            return false;
         }
-        critical(t, |t| {
-            let mut k = 0;
-            while k < n {
-                let w = (c + k) / 64;
-                let first = (c + k) % 64;
-                let count = (64 - first).min(n - k);
-                let mut populated = 0u64;
-                for (j, entry) in entries[k..k + count].iter().enumerate() {
-                    if entry & (PM_PRESENT | PM_SWAP) != 0 {
-                        populated |= 1 << (first + j);
-                    }
+        let mut k = 0;
+        let mut len = 0;
+        while k < n {
+            let first = (c + k) % 64;
+            let count = (64 - first).min(n - k);
+            let mut populated = 0u64;
+            for (j, entry) in entries[k..k + count].iter().enumerate() {
+                if entry & (PM_PRESENT | PM_SWAP) != 0 {
+                    populated |= 1 << (first + j);
                 }
-                let span = if count == 64 {
-                    u64::MAX
-                } else {
-                    ((1u64 << count) - 1) << first
-                };
-                let settled = span & t.guessed.word(w) & t.armed.word(w);
-                t.written.and_word(w, !(settled & !populated));
-                t.guessed.and_word(w, !settled);
-                k += count;
             }
-        });
+            let span = if count == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << count) - 1) << first
+            };
+            words[len] = ((c + k) / 64, span, populated);
+            len += 1;
+            k += count;
+        }
+        f(&words[..len]);
         c += n;
     }
+    true
 }
 
 /// The maximal run around `[a, b)` of un-armed pages with caller
