@@ -22,7 +22,7 @@ test-kernels:
 	bash $(WW_KERNELS_MK_ROOT)/scripts/test-kernels.sh
 
 bench-kernels:
-	WW_VM_BENCH="$${WW_VM_BENCH:---only softdirty --rounds 3}" bash $(WW_KERNELS_MK_ROOT)/scripts/test-kernels.sh
+	WW_VM_BENCH="$${WW_VM_BENCH:---only softdirty --rounds 1 --child-timeout 1500}" bash $(WW_KERNELS_MK_ROOT)/scripts/test-kernels.sh
 
 clean-kernel-cache:
 	rm -rf $(WW_KERNELS_MK_ROOT)/.cache/kernels $(WW_KERNELS_MK_ROOT)/.cache/test-kernels

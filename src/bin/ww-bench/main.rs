@@ -29,8 +29,13 @@ const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 /// Rounds of the 1 GiB get/get+reset cases (each process populates 1 GiB).
 const BIG_ROUNDS: usize = 3;
-/// Longest a single case may run.
-const CHILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Longest a single case may run, in seconds (`--child-timeout`, default
+/// 120; under qemu TCG the soft-dirty case with 1,000 regions needs more).
+static CHILD_TIMEOUT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(120);
+
+fn child_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(CHILD_TIMEOUT.load(std::sync::atomic::Ordering::Relaxed))
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -294,6 +299,10 @@ fn plan(libs: &[String], quick: bool) -> (Vec<Group>, Vec<String>) {
 fn parent(args: &[String]) {
     let quick = args.iter().any(|a| a == "--quick");
     let rounds = num(args, "--rounds", if quick { 3 } else { 5 });
+    CHILD_TIMEOUT.store(
+        num(args, "--child-timeout", 120) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let out_dir = opt(args, "--out").unwrap_or("target/bench").to_owned();
     let only: Option<Vec<String>> =
         opt(args, "--only").map(|s| s.split(',').map(str::to_owned).collect());
@@ -382,7 +391,7 @@ fn run_job(exe: &std::path::Path, j: &Job, round: usize, rounds: usize, results:
     // result too: kill it after CHILD_TIMEOUT and report it.
     let mut timed_out = false;
     while child.try_wait().expect("wait for child").is_none() {
-        if t.elapsed() > CHILD_TIMEOUT {
+        if t.elapsed() > child_timeout() {
             let _ = child.kill();
             timed_out = true;
             break;
@@ -425,7 +434,7 @@ fn run_job(exe: &std::path::Path, j: &Job, round: usize, rounds: usize, results:
             j.args[1],
             j.imp,
             if timed_out {
-                format!("killed after {} s", CHILD_TIMEOUT.as_secs())
+                format!("killed after {} s", child_timeout().as_secs())
             } else {
                 out.status.to_string()
             },

@@ -755,6 +755,10 @@ impl Results {
                     .any(|f| f.contains("mapcount mprotect"));
             let w = i.and_then(|i| self.med(i, "mprotect"));
             let fw = fw_of(self, "mprotect");
+            if w.is_none() && fw.is_none() && !failed {
+                t.push(na(what, "not measured in this run"));
+                return t;
+            }
             t.push(Target {
                 what: what.into(),
                 measured: format!(
