@@ -81,7 +81,23 @@ impl AtomicBitmap {
     }
 
     fn next_matching(&self, from: usize, to: usize, want_clear: bool) -> Option<usize> {
-        next_in_words(|w| self.word(w), from, to.min(self.bits), want_clear)
+        // A slice walk (no per-word index check): gets scan whole regions.
+        let to = to.min(self.bits);
+        if from >= to {
+            return None;
+        }
+        let (first, last) = (from / 64, (to - 1) / 64);
+        let flip = if want_clear { u64::MAX } else { 0 };
+        let mut mask = u64::MAX << (from % 64);
+        for (k, word) in self.words.get(first..=last)?.iter().enumerate() {
+            let bits = (word.load(Ordering::Acquire) ^ flip) & mask;
+            if bits != 0 {
+                let bit = (first + k) * 64 + bits.trailing_zeros() as usize;
+                return (bit < to).then_some(bit);
+            }
+            mask = u64::MAX;
+        }
+        None
     }
 
     /// Calls `f(start, end)` for each maximal run of set bits in `[from, to)`.
@@ -209,6 +225,31 @@ mod tests {
         assert!(b.clear(130) && !b.clear(130));
         assert_eq!(b.next_clear(65, 70), None);
         assert_eq!(b.next_set(131, 199), None);
+    }
+
+    #[test]
+    fn next_set_and_clear_match_a_bit_by_bit_search() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for bits in [1usize, 63, 64, 65, 130, 200] {
+            for _ in 0..20 {
+                let b = AtomicBitmap::new(bits);
+                for i in 0..bits {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if x % 5 < 2 {
+                        b.set(i);
+                    }
+                }
+                for from in 0..=bits {
+                    for to in [from, from + 1, from + 63, bits, bits + 5] {
+                        let naive = |v: bool| (from..to.min(bits)).find(|&i| b.get(i) == v);
+                        assert_eq!(b.next_set(from, to), naive(true), "{bits} [{from},{to})");
+                        assert_eq!(b.next_clear(from, to), naive(false), "{bits} [{from},{to})");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

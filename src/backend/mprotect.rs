@@ -243,7 +243,7 @@ fn rearm_span(t: &Tracking, runs: &[(usize, usize)]) -> bool {
     let Some(prot) = t.uniform_writable_prot(s, d) else {
         return false;
     };
-    if t.protect_run(s, d, prot, true).is_err() {
+    if t.arm_uniform_span(s, d, prot).is_err() {
         MAP_PRESSURE.store(true, Relaxed);
         return false;
     }
