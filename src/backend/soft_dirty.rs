@@ -515,19 +515,33 @@ fn mark_writable_vmas(list: &[Arc<Region>], scratch: &mut Scratch) -> bool {
         2 * scratch.maps.capacity()
     };
     let ps = page_size();
+    if !complete {
+        for r in list {
+            if let Some(st) = r.state.downcast_ref::<State>() {
+                st.written.set_range(0, st.pages);
+            }
+        }
+        return false;
+    }
+    // One merged pass: the maps lines and `list` (the registry's order) are
+    // both sorted by address, and regions do not overlap. (A pass over the
+    // whole text per region made a gap quadratic in the number of regions.)
     let mut found = false;
-    for r in list {
-        let Some(st) = r.state.downcast_ref::<State>() else {
-            continue;
-        };
-        if !complete {
-            st.written.set_range(0, st.pages);
+    let mut first = 0; // regions before this one end at or below the VMA
+    for (vs, ve, writable) in mm::maps_ranges(&scratch.maps) {
+        while list.get(first).is_some_and(|r| r.range.end <= vs) {
+            first += 1;
+        }
+        if !writable {
             continue;
         }
-        let PageRange { start, end } = r.range;
-        for (vs, ve, writable) in mm::maps_ranges(&scratch.maps) {
+        for r in list[first..].iter().take_while(|r| r.range.start < ve) {
+            let Some(st) = r.state.downcast_ref::<State>() else {
+                continue;
+            };
+            let PageRange { start, end } = r.range;
             let (s, e) = (vs.max(start), ve.min(end));
-            if !writable || s >= e {
+            if s >= e {
                 continue;
             }
             let (from, to) = ((s - start) / ps, (e - start).div_ceil(ps));
@@ -657,9 +671,8 @@ impl SoftDirty {
         // Regions whose next page is not read-only now: if it is read-only
         // after the gap, their mapping grew while protected.
         let complete = mm::read_maps_into(&mut scratch.maps).unwrap_or(false);
-        let open_tail: Vec<bool> = list
-            .iter()
-            .map(|r| complete && gap_like_tail(r, &scratch.maps).is_none())
+        let open_tail: Vec<bool> = vmas_at_ends(list.iter(), &scratch.maps)
+            .map(|(r, vma)| complete && gap_like_tail(r, vma).is_none())
             .collect();
 
         GEN.fetch_add(1, Ordering::SeqCst); // odd: open
@@ -898,11 +911,11 @@ fn restore_grown_tails(list: &[Arc<Region>], open_tail: &[bool], scratch: &mut S
     if candidates().next().is_none() || !mm::read_maps_into(&mut scratch.maps).unwrap_or(false) {
         return;
     }
-    for (r, _) in candidates() {
+    for (r, vma) in vmas_at_ends(candidates().map(|(r, _)| r), &scratch.maps) {
         let Some(st) = r.state.downcast_ref::<State>() else {
             continue;
         };
-        let Some(vma_end) = gap_like_tail(r, &scratch.maps) else {
+        let Some(vma_end) = gap_like_tail(r, vma) else {
             continue;
         };
         let end = r.range.end;
@@ -917,10 +930,29 @@ fn restore_grown_tails(list: &[Arc<Region>], open_tail: &[bool], scratch: &mut S
     }
 }
 
-/// If the VMA at `r`'s end starts there and has exactly the protection a
-/// gap gives `r`'s last page (read-only, `PROT_EXEC` as the caller has it),
-/// and that page is caller-writable: the VMA's end.
-fn gap_like_tail(r: &Region, maps: &[u8]) -> Option<usize> {
+/// One `/proc/self/maps` line: start, end, permissions (`b"rw-p"`).
+type Vma = (usize, usize, [u8; 4]);
+
+/// Each region of `regions` (in address order) with the `/proc/self/maps`
+/// line of `maps` that contains the region's end address, if any: one
+/// merged pass over both. Allocates nothing.
+fn vmas_at_ends<'a>(
+    regions: impl Iterator<Item = &'a Arc<Region>>,
+    maps: &'a [u8],
+) -> impl Iterator<Item = (&'a Arc<Region>, Option<Vma>)> {
+    let mut vmas = mm::maps_perms(maps).peekable();
+    regions.map(move |r| {
+        let end = r.range.end;
+        while vmas.next_if(|&(_, e, _)| e <= end).is_some() {}
+        let vma = vmas.peek().copied().filter(|&(s, _, _)| s <= end);
+        (r, vma)
+    })
+}
+
+/// If `vma`, the VMA at `r`'s end, starts there and has exactly the
+/// protection a gap gives `r`'s last page (read-only, `PROT_EXEC` as the
+/// caller has it), and that page is caller-writable: the VMA's end.
+fn gap_like_tail(r: &Region, vma: Option<Vma>) -> Option<usize> {
     let st = r.state.downcast_ref::<State>()?;
     let last = st.pages.checked_sub(1)?;
     if st.readonly.try_get(last) != Some(false) {
@@ -932,7 +964,7 @@ fn gap_like_tail(r: &Region, maps: &[u8]) -> Option<usize> {
         b'-'
     };
     let end = r.range.end;
-    let (start, vma_end, perms) = mm::maps_perms(maps).find(|&(s, e, _)| s <= end && end < e)?;
+    let (start, vma_end, perms) = vma.filter(|&(s, e, _)| s <= end && end < e)?;
     (start == end && perms[..3] == [b'r', b'-', exec]).then_some(vma_end)
 }
 
