@@ -186,21 +186,37 @@ pub fn for_each_run_in_words(
     }
 }
 
-/// Calls `f(word_index, mask)` for the words covering bits `[from, to)`.
-fn for_word_masks(from: usize, to: usize, mut f: impl FnMut(usize, u64)) {
+/// Calls `f(word, mask)` for the words covering bits `[from, to)`: `word`
+/// is the word's index, `mask` the bits of `[from, to)` in it. Panic-free
+/// (no overflow, no indexing): the fault handler uses it too.
+pub(crate) fn for_word_masks(from: usize, to: usize, mut f: impl FnMut(usize, u64)) {
     let mut i = from;
     while i < to {
-        let w = i / 64;
-        let lo = i % 64;
-        let hi = (to - w * 64).min(64);
-        let mask = if hi - lo == 64 {
-            u64::MAX
-        } else {
-            ((1u64 << (hi - lo)) - 1) << lo
-        };
-        f(w, mask);
-        i = w * 64 + hi;
+        let w = i >> 6;
+        let lo = (i & 63) as u32;
+        let stop = to.min(w.saturating_add(1).saturating_mul(64));
+        let hi = lo.saturating_add(stop.saturating_sub(i) as u32); // lo < hi <= 64
+        f(
+            w,
+            u64::MAX.wrapping_shr(64u32.saturating_sub(hi)) & u64::MAX.wrapping_shl(lo),
+        );
+        i = stop;
     }
+}
+
+/// The bits of `[from, to)` that fall in word `w` (0 if none). Panic-free.
+pub(crate) fn word_mask(w: usize, from: usize, to: usize) -> u64 {
+    let first = w.saturating_mul(64);
+    let lo = from.max(first);
+    let hi = to.min(first.saturating_add(64));
+    if lo >= hi {
+        return 0;
+    }
+    let (lo, hi) = (
+        lo.saturating_sub(first) as u32,
+        hi.saturating_sub(first) as u32,
+    );
+    u64::MAX.wrapping_shr(64u32.saturating_sub(hi)) & u64::MAX.wrapping_shl(lo)
 }
 
 #[cfg(test)]
@@ -249,6 +265,22 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn word_masks() {
+        assert_eq!(word_mask(0, 0, 64), u64::MAX);
+        assert_eq!(word_mask(1, 0, 64), 0);
+        assert_eq!(word_mask(0, 3, 5), 0b11000);
+        assert_eq!(word_mask(1, 60, 70), 0b11_1111);
+        assert_eq!(word_mask(0, 60, 70), 0xF << 60);
+        assert_eq!(word_mask(2, 0, 1000), u64::MAX);
+        let mut seen = vec![];
+        for_word_masks(60, 130, |w, m| seen.push((w, m)));
+        assert_eq!(seen, vec![(0, 0xF << 60), (1, u64::MAX), (2, 0b11)]);
+        for (w, m) in seen {
+            assert_eq!(word_mask(w, 60, 130), m);
         }
     }
 

@@ -263,6 +263,30 @@ pub fn probe(kind: BackendKind) -> &'static std::result::Result<(), String> {
     }
 }
 
+/// The instance in `cell`, made by `make` on first use once the probe of
+/// `kind` has passed (`ENOTSUP` if it failed). One lock serializes the
+/// making, so `make` runs at most once per success; a failed `make` is
+/// retried by the next call.
+fn instance_once<T: Sync>(
+    cell: &'static OnceLock<T>,
+    kind: BackendKind,
+    make: impl FnOnce() -> Result<T>,
+) -> Result<&'static T> {
+    static MAKING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let _g = MAKING.lock();
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    probe(kind)
+        .as_ref()
+        .map_err(|_| crate::error::Error::NOTSUP)?;
+    let v = make()?;
+    Ok(cell.get_or_init(|| v))
+}
+
 /// The process-wide instance of an available backend.
 pub fn instance(kind: BackendKind) -> Result<&'static dyn Backend> {
     match kind {

@@ -54,9 +54,9 @@
 
 use std::any::Any;
 use std::ffi::c_int;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
@@ -79,7 +79,6 @@ const BATCH: usize = 64;
 pub struct Mprotect;
 
 static INSTANCE: Mprotect = Mprotect;
-static READY: Mutex<bool> = Mutex::new(false);
 
 /// Per-region state.
 struct State {
@@ -97,15 +96,12 @@ struct State {
 /// The process-wide instance. First use installs the SIGSEGV handler and
 /// measures the map-count budget.
 pub fn instance() -> Result<&'static dyn Backend> {
-    let mut ready = READY.lock();
-    if !*ready {
-        super::probe(BackendKind::Mprotect)
-            .as_ref()
-            .map_err(|_| Error::NOTSUP)?;
+    static READY: OnceLock<()> = OnceLock::new();
+    super::instance_once(&READY, BackendKind::Mprotect, || {
         crate::signal::install()?;
         refresh_budget();
-        *ready = true;
-    }
+        Ok(())
+    })?;
     Ok(&INSTANCE)
 }
 

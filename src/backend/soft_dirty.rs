@@ -212,7 +212,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Mutex, MutexGuard};
 
 use super::{Backend, BackendKind, Limit, Sink};
-use crate::bitmap::{AtomicBitmap, for_each_run_in_words};
+use crate::bitmap::{AtomicBitmap, for_each_run_in_words, word_mask};
 use crate::error::{Error, Result};
 use crate::page::{PageRange, page_size};
 use crate::registry::{self, Region};
@@ -323,35 +323,28 @@ fn state(r: &Region) -> &State {
 }
 
 static INSTANCE: OnceLock<SoftDirty> = OnceLock::new();
-static INIT: Mutex<()> = Mutex::new(());
 
 /// The process-wide instance; `ENOTSUP` if the probe failed.
 pub fn instance() -> Result<&'static dyn Backend> {
-    if let Some(b) = INSTANCE.get() {
-        return Ok(b);
-    }
-    let _g = INIT.lock();
-    if let Some(b) = INSTANCE.get() {
-        return Ok(b);
-    }
-    super::probe(BackendKind::SoftDirty)
-        .as_ref()
-        .map_err(|_| Error::NOTSUP)?;
-    let probed = *PROBED_READER.get().ok_or(Error::NOTSUP)?;
-    let reader = match std::env::var("WW_SOFT_DIRTY_READER").as_deref() {
-        Ok("pagemap") => Reader::Pagemap,
-        _ => probed,
-    };
-    crate::signal::install()?;
-    let sentinel = new_sentinel()?;
-    // SAFETY: the three handlers are plain functions that only lock and
-    // unlock our mutex and restore the signal mask.
-    let rc =
-        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
-    if rc != 0 {
-        return Err(Error::from_errno(rc));
-    }
-    Ok(INSTANCE.get_or_init(|| SoftDirty { reader, sentinel }))
+    let b = super::instance_once(&INSTANCE, BackendKind::SoftDirty, || {
+        let probed = *PROBED_READER.get().ok_or(Error::NOTSUP)?;
+        let reader = match std::env::var("WW_SOFT_DIRTY_READER").as_deref() {
+            Ok("pagemap") => Reader::Pagemap,
+            _ => probed,
+        };
+        crate::signal::install()?;
+        let sentinel = new_sentinel()?;
+        // SAFETY: the three handlers are plain functions that only lock and
+        // unlock our mutex and restore the signal mask.
+        let rc = unsafe {
+            libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child))
+        };
+        if rc != 0 {
+            return Err(Error::from_errno(rc));
+        }
+        Ok(SoftDirty { reader, sentinel })
+    })?;
+    Ok(b)
 }
 
 /// Maps the sentinel page between two `PROT_NONE` guards and dirties it.
@@ -481,7 +474,7 @@ fn hash_list(list: &[Arc<Region>], plan: &Plan<'_>) -> Vec<Hashed> {
         };
         let in_scope = std::ptr::eq(r.as_ref(), scope_r);
         let word = |w: usize| {
-            let scope = if in_scope { range_mask(w, lo, hi) } else { 0 };
+            let scope = if in_scope { word_mask(w, lo, hi) } else { 0 };
             st.sticky.word(w) & !st.readonly.word(w) & (!st.written.word(w) | scope)
         };
         for_each_run_in_words(word, 0, st.pages, |s, e| {
@@ -554,18 +547,6 @@ fn mark_writable_vmas(list: &[Arc<Region>], scratch: &mut Scratch) -> bool {
         }
     }
     found
-}
-
-/// The bits of word `w` that lie in `[lo, hi)`.
-fn range_mask(w: usize, lo: usize, hi: usize) -> u64 {
-    let (start, end) = (w * 64, w * 64 + 64);
-    if hi <= start || end <= lo {
-        return 0;
-    }
-    let a = lo.max(start) - start;
-    let b = hi.min(end) - start;
-    let high = if b == 64 { u64::MAX } else { (1u64 << b) - 1 };
-    high & !((1u64 << a) - 1)
 }
 
 /// A 64-bit hash of the page at `addr`'s content.
@@ -1334,16 +1315,6 @@ mod tests {
             true
         });
         assert_eq!(got, vec![(3, 5), (8, 9)]);
-    }
-
-    #[test]
-    fn range_masks() {
-        assert_eq!(range_mask(0, 0, 64), u64::MAX);
-        assert_eq!(range_mask(1, 0, 64), 0);
-        assert_eq!(range_mask(0, 3, 5), 0b11000);
-        assert_eq!(range_mask(1, 60, 70), 0b11_1111);
-        assert_eq!(range_mask(0, 60, 70), 0xF << 60);
-        assert_eq!(range_mask(2, 0, 1000), u64::MAX);
     }
 
     #[test]

@@ -76,25 +76,16 @@ struct State {
 }
 
 static INSTANCE: OnceLock<Written> = OnceLock::new();
-static INIT: Mutex<()> = Mutex::new(());
 
 /// The process-wide instance; `ENOTSUP` if the probe failed.
 pub fn instance() -> Result<&'static Written> {
-    if let Some(w) = INSTANCE.get() {
-        return Ok(w);
-    }
-    let _g = INIT.lock();
-    if let Some(w) = INSTANCE.get() {
-        return Ok(w);
-    }
-    super::probe(BackendKind::Written)
-        .as_ref()
-        .map_err(|_| Error::NOTSUP)?;
-    // The probe worked, so a failure now is a shortage (EMFILE, ...): say so.
-    let uffd = open_uffd().map_err(|(e, _)| e)?;
-    Ok(INSTANCE.get_or_init(|| Written {
-        uffd: Mutex::new(Arc::new(uffd)),
-    }))
+    super::instance_once(&INSTANCE, BackendKind::Written, || {
+        // The probe worked, so a failure now is a shortage (EMFILE, ...): say so.
+        let uffd = open_uffd().map_err(|(e, _)| e)?;
+        Ok(Written {
+            uffd: Mutex::new(Arc::new(uffd)),
+        })
+    })
 }
 
 /// A userfaultfd with async write-protect enabled; on failure the errno

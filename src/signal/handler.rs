@@ -46,7 +46,7 @@ use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicI32, AtomicIsize, AtomicPtr, AtomicU8, AtomicUsize, Ordering::*};
 
 use crate::backend::BackendKind;
-use crate::bitmap::AtomicBitmap;
+use crate::bitmap::{AtomicBitmap, for_word_masks, word_mask};
 use crate::registry::Region;
 
 /// `si_code` of a fault on a mapped page whose protection forbids the
@@ -679,26 +679,9 @@ fn test(bm: &AtomicBitmap, i: usize) -> bool {
     bm.words().get(w).is_some_and(|a| a.load(Acquire) & m != 0)
 }
 
-/// Calls `f(word, mask)` for the bitmap words covering bits `[a, b)`:
-/// `word` is the word's index, `mask` the bits of `[a, b)` in it.
-fn for_words(a: usize, b: usize, mut f: impl FnMut(usize, u64)) {
-    let mut i = a;
-    while i < b {
-        let w = i >> 6;
-        let lo = (i & 63) as u32;
-        let stop = b.min(w.saturating_add(1).saturating_mul(64));
-        let hi = lo.saturating_add(stop.saturating_sub(i) as u32); // lo < hi <= 64
-        f(
-            w,
-            u64::MAX.wrapping_shr(64u32.saturating_sub(hi)) & u64::MAX.wrapping_shl(lo),
-        );
-        i = stop;
-    }
-}
-
 /// Sets (or clears) bits `[a, b)` of `bm`.
 fn update(bm: &AtomicBitmap, a: usize, b: usize, set: bool) {
-    for_words(a, b, |w, m| {
+    for_word_masks(a, b, |w, m| {
         if let Some(word) = bm.words().get(w) {
             if set {
                 word.fetch_or(m, AcqRel);
@@ -775,7 +758,7 @@ impl Tracking {
 
     /// Sets W for the caller-writable pages of `[a, b)`.
     pub(crate) fn set_written(&self, a: usize, b: usize) {
-        for_words(a, b, |w, m| {
+        for_word_masks(a, b, |w, m| {
             let c = self.may_write.words().get(w).map_or(0, |c| c.load(Acquire));
             if let Some(word) = self.written.words().get(w) {
                 word.fetch_or(m & c, AcqRel);
@@ -794,17 +777,8 @@ impl Tracking {
         let load = |bm: &AtomicBitmap| bm.words().get(w).map_or(0, |x| x.load(Acquire));
         let mut armed = load(&self.armed);
         if let Some((a, b, arm)) = arm_override {
-            let first = w.saturating_mul(64);
-            let lo = a.max(first);
-            let hi = b.min(first.saturating_add(64));
-            if lo < hi {
-                let (lo, hi) = (
-                    lo.saturating_sub(first) as u32,
-                    hi.saturating_sub(first) as u32,
-                );
-                let m = u64::MAX.wrapping_shr(64u32.saturating_sub(hi)) & u64::MAX.wrapping_shl(lo);
-                armed = if arm { armed | m } else { armed & !m };
-            }
+            let m = word_mask(w, a, b);
+            armed = if arm { armed | m } else { armed & !m };
         }
         (
             load(&self.may_read),
@@ -834,7 +808,7 @@ impl Tracking {
             // `prev`, so every word is loaded once (plus the first one's
             // predecessor).
             let mut last: Option<(usize, (u64, u64, u64))> = None;
-            for_words(lo, hi.saturating_add(1), |w, m| {
+            for_word_masks(lo, hi.saturating_add(1), |w, m| {
                 let cur = self.kernel_words(w, arm_override);
                 let prev = match (last, w.checked_sub(1)) {
                     (Some((lw, words)), Some(p)) if lw == p => words,
@@ -875,7 +849,7 @@ impl Tracking {
         let mut last: Option<(usize, u64)> = None;
         let load = |w: usize| self.armed.words().get(w).map_or(0, |x| x.load(Acquire));
         // Pairs (i-1, i) for i in [s+1, d): all armed afterwards.
-        for_words(s.saturating_add(1), d, |w, m| {
+        for_word_masks(s.saturating_add(1), d, |w, m| {
             let cur = load(w);
             let prev = match (last, w.checked_sub(1)) {
                 (Some((lw, v)), Some(p)) if lw == p => v,
@@ -915,7 +889,7 @@ impl Tracking {
         );
         let mut end = b;
         let mut found = false;
-        for_words(i, b, |word, m| {
+        for_word_masks(i, b, |word, m| {
             if found {
                 return;
             }
@@ -1017,15 +991,25 @@ impl Tracking {
     /// written as guessed (G), except the pages `[a, b)` the caller asked
     /// for, which are written for real. Before the block is opened.
     fn mark_guessed(&self, s: usize, e: usize, a: usize, b: usize) {
-        for_words(s, e, |w, m| {
+        // [a, b) was asked for (a fault, a prepare): written for real, and
+        // no longer a guess if it was one.
+        update(&self.guessed, a, b, false);
+        let mut marked = false;
+        for_word_masks(s, e, |w, m| {
             let load = |bm: &AtomicBitmap| bm.words().get(w).map_or(0, |x| x.load(Acquire));
-            let fresh = m & load(&self.may_write) & !load(&self.written);
-            if let Some(word) = self.guessed.words().get(w) {
+            let fresh = m & !word_mask(w, a, b) & load(&self.may_write) & !load(&self.written);
+            if fresh != 0
+                && let Some(word) = self.guessed.words().get(w)
+            {
                 word.fetch_or(fresh, AcqRel);
+                marked = true;
             }
         });
-        update(&self.guessed, a, b, false);
-        self.any_guessed.store(true, Release);
+        // Only when a guess was made: a single-page open (every fault below
+        // the map budget) must not send the next get looking for guesses.
+        if marked {
+            self.any_guessed.store(true, Release);
+        }
     }
 
     /// The caller's protection if it is the same for all pages of `[a, b)`
@@ -1036,7 +1020,7 @@ impl Tracking {
             return None;
         }
         let mut uniform = true;
-        for_words(a, b, |w, m| {
+        for_word_masks(a, b, |w, m| {
             for (bm, bit) in [
                 (&self.may_read, libc::PROT_READ),
                 (&self.may_write, PROT_WRITE),
