@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{exited_ok, fork, in_child, peek, poke, ps};
+use common::{exited_ok, fork, in_child, init_or_skip, peek, poke, ps};
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -27,32 +27,9 @@ use writewatch::{BackendKind, Protection, WatchedAlloc};
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// Forces the mprotect backend; false (after printing SKIP) if unavailable.
-fn mprotect_or_skip(test: &str) -> bool {
-    // The suite runs once per backend; these tests belong to the mprotect run.
-    match std::env::var("WW_BACKEND") {
-        Ok(b) if !b.is_empty() && b != "mprotect" => {
-            println!("SKIP {test}: mprotect-specific, this run is for WW_BACKEND={b}");
-            return false;
-        }
-        _ => {}
-    }
-    match writewatch::init(BackendKind::Mprotect) {
-        Ok(()) => true,
-        Err(e) => {
-            let required = std::env::var("WW_REQUIRE_BACKENDS").unwrap_or_default();
-            if required.split(',').any(|b| b.trim() == "mprotect") {
-                panic!("{test}: mprotect backend required but init failed: {e}");
-            }
-            println!("SKIP {test}: mprotect backend unavailable: {e}");
-            false
-        }
-    }
-}
-
 macro_rules! require_mprotect {
     ($name:literal) => {
-        if !mprotect_or_skip($name) {
+        if !init_or_skip($name, BackendKind::Mprotect, true) {
             return;
         }
     };

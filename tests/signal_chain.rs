@@ -24,7 +24,7 @@
 
 mod common;
 
-use common::{peek, poke, ps};
+use common::{init_or_skip, peek, poke, ps};
 
 use std::ffi::c_void;
 use std::process::{Command, ExitCode};
@@ -180,16 +180,8 @@ fn describe(code: Option<i32>, signal: Option<i32>) -> String {
 // ---------------------------------------------------------------------------
 
 fn require_mprotect(case: &str) {
-    // The suite runs once per backend; these cases belong to the mprotect run.
-    match std::env::var("WW_BACKEND") {
-        Ok(b) if !b.is_empty() && b != "mprotect" => {
-            println!("SKIP {case}: mprotect-specific, this run is for WW_BACKEND={b}");
-            std::process::exit(SKIP);
-        }
-        _ => {}
-    }
-    if let Err(e) = writewatch::init(BackendKind::Mprotect) {
-        println!("SKIP {case}: mprotect backend unavailable: {e}");
+    // Fails instead if WW_REQUIRE_BACKENDS names mprotect.
+    if !init_or_skip(case, BackendKind::Mprotect, true) {
         std::process::exit(SKIP);
     }
 }

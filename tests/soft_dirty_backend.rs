@@ -2,7 +2,7 @@
 //!
 //! Every test starts with `require_soft_dirty!()`: it calls
 //! `writewatch::init(BackendKind::SoftDirty)` and, if that fails, prints
-//! `SKIP <test>: soft-dirty unavailable: <probe reason>` and returns —
+//! `SKIP <test>: backend soft-dirty unavailable: <probe reason>` and returns —
 //! unless `WW_REQUIRE_BACKENDS` names `soft-dirty`, then it fails. On a
 //! kernel without `CONFIG_MEM_SOFT_DIRTY` (the dev box) every test says SKIP.
 //!
@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{exited_ok, fork, in_child, peek, poke, ps};
+use common::{exited_ok, fork, in_child, init_or_skip, peek, poke, ps};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -25,32 +25,13 @@ use writewatch::{BackendKind, Protection, WatchedAlloc, WatchedRange, page_size}
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// Whether the soft-dirty backend can be used; prints SKIP if not.
-fn soft_dirty_or_skip(test: &str) -> bool {
-    match writewatch::init(BackendKind::SoftDirty) {
-        Ok(()) => true,
-        Err(e) => {
-            let why = match writewatch::probe_backend(BackendKind::SoftDirty) {
-                Err(why) => why,
-                Ok(()) => format!("init failed: {e}"),
-            };
-            let required = std::env::var("WW_REQUIRE_BACKENDS").unwrap_or_default();
-            if required.split(',').any(|b| b.trim() == "soft-dirty") {
-                panic!("{test}: soft-dirty required by WW_REQUIRE_BACKENDS but unavailable: {why}");
-            }
-            println!("SKIP {test}: soft-dirty unavailable: {why}");
-            false
-        }
-    }
-}
-
 /// Returns from the test (after printing SKIP) if soft-dirty is unavailable.
 macro_rules! require_soft_dirty {
     () => {{
         fn f() {}
         let name = std::any::type_name_of_val(&f).trim_end_matches("::f");
         let name = name.rsplit("::").next().unwrap_or(name);
-        if !soft_dirty_or_skip(name) {
+        if !init_or_skip(name, BackendKind::SoftDirty, false) {
             return;
         }
     }};

@@ -27,15 +27,51 @@ pub fn backend(test: &str) -> Option<BackendKind> {
     match writewatch::probe_backend(kind) {
         Ok(()) => Some(kind),
         Err(why) => {
-            let required = std::env::var("WW_REQUIRE_BACKENDS").unwrap_or_default();
-            if required.split(',').any(|b| b.trim() == kind.name()) {
-                panic!(
-                    "{test}: backend {} required but unavailable: {why}",
-                    kind.name()
-                );
-            }
-            println!("SKIP {test}: backend {} unavailable: {why}", kind.name());
+            skip_unless_required(test, kind, &why);
             None
+        }
+    }
+}
+
+/// Prints `SKIP <test>: backend <kind> unavailable: <why>`, or fails the
+/// test if `WW_REQUIRE_BACKENDS` names `kind` (a required backend never
+/// skips).
+pub fn skip_unless_required(test: &str, kind: BackendKind, why: &str) {
+    let required = std::env::var("WW_REQUIRE_BACKENDS").unwrap_or_default();
+    if required.split(',').any(|b| b.trim() == kind.name()) {
+        panic!(
+            "{test}: backend {} required but unavailable: {why}",
+            kind.name()
+        );
+    }
+    println!("SKIP {test}: backend {} unavailable: {why}", kind.name());
+}
+
+/// For a test of one backend: makes `kind` the process's backend and
+/// returns true, or prints SKIP and returns false if it cannot be used
+/// here (see [`skip_unless_required`]). With `own_run_only`, also skips
+/// when `WW_BACKEND` names another backend: the suite runs once per
+/// backend, and the test belongs to `kind`'s run.
+pub fn init_or_skip(test: &str, kind: BackendKind, own_run_only: bool) -> bool {
+    match std::env::var("WW_BACKEND") {
+        Ok(b) if own_run_only && !b.is_empty() && b != kind.name() => {
+            println!(
+                "SKIP {test}: {}-specific, this run is for WW_BACKEND={b}",
+                kind.name()
+            );
+            return false;
+        }
+        _ => {}
+    }
+    match writewatch::init(kind) {
+        Ok(()) => true,
+        Err(e) => {
+            let why = match writewatch::probe_backend(kind) {
+                Err(why) => why,
+                Ok(()) => format!("init failed: {e}"),
+            };
+            skip_unless_required(test, kind, &why);
+            false
         }
     }
 }
