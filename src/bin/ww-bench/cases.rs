@@ -311,50 +311,21 @@ fn per_call(t: &mut dyn Tracker, base: usize, size: usize, group: &str, sz: &str
     for _ in 0..iters / 10 {
         t.get(base, size, false, &mut out);
     }
-    let (ns, ()) = timed(|| {
-        for _ in 0..iters {
-            t.get(base, size, false, &mut out);
-        }
-    });
-    emit(
-        group,
-        sz,
-        "get, nothing written",
-        "µs/call",
-        ns / 1e3 / iters as f64,
-    );
-    let (ns, ()) = timed(|| {
-        for _ in 0..iters {
-            t.get(base, size, true, &mut out);
-        }
-    });
-    emit(
-        group,
-        sz,
-        "get+reset, nothing written",
-        "µs/call",
-        ns / 1e3 / iters as f64,
-    );
+    // `iters` gets of the region in a row, reported per call.
+    let mut row = |t: &mut dyn Tracker, pattern: &str, reset: bool| {
+        let (ns, ()) = timed(|| {
+            for _ in 0..iters {
+                t.get(base, size, reset, &mut out);
+            }
+        });
+        emit(group, sz, pattern, "µs/call", ns / 1e3 / iters as f64);
+    };
+    row(t, "get, nothing written", false);
+    row(t, "get+reset, nothing written", true);
     write_pages(base, &[0], 1);
-    let (ns, ()) = timed(|| {
-        for _ in 0..iters {
-            t.get(base, size, false, &mut out);
-        }
-    });
-    check(
-        group,
-        sz,
-        "get, 1 page written",
-        t.get(base, size, false, &mut out),
-        1,
-    );
-    emit(
-        group,
-        sz,
-        "get, 1 page written",
-        "µs/call",
-        ns / 1e3 / iters as f64,
-    );
+    row(t, "get, 1 page written", false);
+    let n = t.get(base, size, false, &mut out);
+    check(group, sz, "get, 1 page written", n, 1);
 }
 
 /// The cost of one call on a 1-page region (the library's per-call overhead).
